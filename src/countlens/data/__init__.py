@@ -1,0 +1,1 @@
+"""Data: lexicon, templates, balanced generation, audit/import, token-aligned minimal pairs."""

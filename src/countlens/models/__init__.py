@@ -1,0 +1,1 @@
+"""Model handle and the shipped counting organism."""
