@@ -19,6 +19,8 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_
                   help="countlens: how does a language model count?")
 data_app = typer.Typer(no_args_is_help=True, help="Generate, audit and pair counting datasets.")
 app.add_typer(data_app, name="data")
+organism_app = typer.Typer(no_args_is_help=True, help="The shipped counting organism: train, info, path.")
+app.add_typer(organism_app, name="organism")
 
 JSON = typer.Option(False, "--json", help="Print one JSON summary object on stdout.")
 
@@ -112,6 +114,59 @@ def data_pairs(
     human = (f"wrote {s['pairs']} aligned pairs to {out} (dropped_misaligned {s['dropped_misaligned']}, "
              f"redrawn {s['redrawn']}, by N {s['by_n_low']})")
     emit(s, as_json, human)
+
+
+@organism_app.command("train")
+def organism_train(
+    out: Path = typer.Option(..., "--out", help="Folder for the HF model, tokenizer, curve, checkpoint."),
+    seed: int = typer.Option(0, "--seed"),
+    steps: int = typer.Option(11000, "--steps", help="Total steps (stops early once it counts)."),
+    phase_a_steps: int = typer.Option(5000, "--phase-a-steps", help="Steps on the short template first."),
+    template: str = typer.Option("seed-v1", "--template", help="Target (native) template."),
+    d_model: int = typer.Option(128, "--d-model"),
+    n_layers: int = typer.Option(4, "--n-layers"),
+    eval_n: int = typer.Option(2000, "--eval-n", help="Fresh examples for the final greedy accuracy."),
+    as_json: bool = JSON,
+) -> None:
+    """Train the organism from scratch (resumes from OUT/checkpoint.pt)."""
+    from countlens.models.organism.train import Recipe, train
+
+    recipe = Recipe(seed=seed, steps=steps, phase_a_steps=min(phase_a_steps, steps), target_template=template,
+                    d_model=d_model, n_layers=n_layers)
+    meta = train(out, recipe, final_eval_n=eval_n)
+    summary = {"out": str(out), "template": meta["template"], "accuracy": meta["accuracy"],
+               "steps": meta["steps"], "train_minutes": meta["train_minutes"]}
+    emit(summary, as_json, f"organism in {out}: {meta['accuracy']:.2%} greedy on {eval_n} fresh "
+                           f"'{meta['template']}' examples after {meta['steps']} steps ({meta['train_minutes']} min)")
+
+
+@organism_app.command("info")
+def organism_info(model: str = typer.Option("organism", "--model"), as_json: bool = JSON) -> None:
+    """The organism's native template, accuracy, recipe and size."""
+    import json as _json
+
+    from countlens.models.registry import resolve
+
+    path = Path(resolve(model))
+    meta_file = path / "countlens.json"
+    if not meta_file.exists():
+        raise InputError("no countlens.json: not an organism folder", file=str(path))
+    meta = _json.loads(meta_file.read_text())
+    cfg = _json.loads((path / "config.json").read_text())
+    summary = {"path": str(path), "template": meta["template"], "accuracy": meta.get("accuracy"),
+               "eval": meta.get("eval"), "steps": meta.get("steps"), "train_minutes": meta.get("train_minutes"),
+               "architecture": cfg.get("architectures", ["?"])[0], "n_layers": cfg.get("num_hidden_layers"),
+               "d_model": cfg.get("hidden_size"), "recipe": meta.get("recipe")}
+    emit(summary, as_json, f"{path}\n  template {summary['template']}  accuracy {summary['accuracy']}  "
+                           f"{summary['architecture']} {summary['n_layers']} layers d={summary['d_model']}")
+
+
+@organism_app.command("path")
+def organism_path_cmd() -> None:
+    """Print the shipped organism's folder."""
+    from countlens.models.registry import organism_path
+
+    sys.stdout.write(f"{organism_path()}\n")
 
 
 def main() -> None:

@@ -1,0 +1,3 @@
+from countlens.cli import main
+
+main()

@@ -1,0 +1,1 @@
+"""Benchmark: answer parsing, scoring, slices, confidence intervals, resumable store."""

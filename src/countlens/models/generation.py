@@ -1,0 +1,62 @@
+"""Batched greedy generation and one-forward scoring on a local model handle."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+
+from countlens.models.handle import ModelHandle, pad_left
+
+
+def _by_length(lengths: list[int], batch_size: int) -> list[list[int]]:
+    """Index batches sorted by length (longest first) to limit padding."""
+    order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
+    return [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
+
+
+@torch.no_grad()
+def greedy_generate(handle: ModelHandle, texts: list[str], max_new_tokens: int = 8, batch_size: int = 64,
+                    progress: Callable[[int], None] | None = None) -> list[str]:
+    """Greedy completions of already formatted texts, stopping at end-of-turn."""
+    seqs = [handle.encode_text(t) for t in texts]
+    out: list[str] = [""] * len(texts)
+    for idx in _by_length([len(s) for s in seqs], batch_size):
+        batch = pad_left([seqs[i] for i in idx], handle.pad_id, handle.device)
+        gen = handle.model.generate(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                                    max_new_tokens=max_new_tokens, do_sample=False, num_beams=1,
+                                    eos_token_id=handle.stop_ids, pad_token_id=handle.pad_id)
+        new = gen[:, batch["input_ids"].shape[1]:]
+        for j, i in enumerate(idx):
+            out[i] = handle.tokenizer.decode(new[j], skip_special_tokens=True)
+        if progress:
+            progress(len(idx))
+    return out
+
+
+@torch.no_grad()
+def answer_logprobs(handle: ModelHandle, texts: list[str], answers: list[list[int]], batch_size: int = 64,
+                    progress: Callable[[int], None] | None = None) -> torch.Tensor:
+    """log P(answer k | text) for every k, shape [len(texts), len(answers)], in float32.
+
+    One forward per prompt for single-token answers; answers of several tokens are scored by
+    the summed log-probability of their tokens, teacher-forced (one extra forward per length).
+    """
+    seqs = [handle.encode_text(t) for t in texts]
+    result = torch.empty(len(texts), len(answers))
+    multi = [k for k, a in enumerate(answers) if len(a) > 1]
+    first = torch.tensor([a[0] for a in answers])
+    for idx in _by_length([len(s) for s in seqs], batch_size):
+        batch = pad_left([seqs[i] for i in idx], handle.pad_id, handle.device)
+        logits = handle.model(**batch).logits[:, -1].float()
+        lp = torch.log_softmax(logits, -1).cpu()
+        result[idx] = lp[:, first]
+        for k in multi:
+            ext = pad_left([seqs[i] + answers[k][:-1] for i in idx], handle.pad_id, handle.device)
+            n = len(answers[k])
+            lps = torch.log_softmax(handle.model(**ext).logits[:, -n:].float(), -1).cpu()
+            tgt = torch.tensor(answers[k])
+            result[idx, k] = lps[:, torch.arange(n), tgt].sum(-1)
+        if progress:
+            progress(len(idx))
+    return result

@@ -1,0 +1,163 @@
+"""The model handle every stage uses: tokenizer, model, decoder blocks, answer tokens, encoding.
+
+The shipped organism loads through exactly this path, like `Qwen/Qwen2.5-1.5B-Instruct`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from countlens.data.templates import Template, load_template, template_from_dict
+from countlens.errors import InputError
+from countlens.models import prompts
+from countlens.models.hub import from_pretrained
+from countlens.models.registry import resolve
+
+# Where decoder blocks live, by architecture family (attribute path from the CausalLM).
+BLOCK_PATHS = ("model.layers", "model.language_model.layers", "transformer.h", "gpt_neox.layers",
+               "model.decoder.layers", "transformer.blocks")
+
+
+def find_blocks(model: torch.nn.Module) -> list[torch.nn.Module]:
+    """The decoder blocks, found generically (Llama, Qwen2, Mistral, Gemma, GPT-2, GPT-NeoX, OPT)."""
+    for path in BLOCK_PATHS:
+        obj: Any = model
+        for attr in path.split("."):
+            obj = getattr(obj, attr, None)
+            if obj is None:
+                break
+        if isinstance(obj, torch.nn.ModuleList) and len(obj) > 0:
+            return list(obj)
+    raise InputError(f"cannot find the decoder blocks of {type(model).__name__}: supported layouts are "
+                     f"{', '.join(BLOCK_PATHS)}")
+
+
+@dataclass
+class ModelHandle:
+    model: Any
+    tokenizer: Any
+    blocks: list[torch.nn.Module]
+    name: str
+    path: str
+    prompt_format: str
+    native_template: Template | None = None
+    info: dict = field(default_factory=dict)
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    @property
+    def n_layers(self) -> int:
+        return len(self.blocks)
+
+    def template(self, override: str | Template | None = None) -> Template:
+        """--template if given, else the model's native template, else seed-v1."""
+        if override is not None:
+            return load_template(override)
+        return self.native_template or load_template("seed-v1")
+
+    def format(self, prompt: str, system: str | None = None) -> str:
+        return prompts.format_prompt(self.tokenizer, prompt, self.prompt_format, system)
+
+    def encode_text(self, text: str) -> list[int]:
+        return prompts.encode(self.tokenizer, text)
+
+    def answer_tokens(self, k_max: int, answer_prefix: str = "(") -> list[list[int]]:
+        """Token ids of each answer 0..k_max as it follows the answer prefix (several for 10+)."""
+        base_text = self.format("Type: fruit\nList: apple\nAnswer: ") + answer_prefix
+        base = self.encode_text(base_text)
+        out = []
+        for n in range(k_max + 1):
+            ids = self.encode_text(base_text + str(n))
+            if ids[:len(base)] != base or len(ids) == len(base):
+                raise InputError(f"answer '{n}' does not tokenise as a continuation of '{answer_prefix}' "
+                                 f"for {self.name}")
+            out.append(ids[len(base):])
+        return out
+
+    def batch(self, texts: list[str]) -> dict[str, torch.Tensor]:
+        """Left-padded input_ids, attention_mask and matching position_ids on the model's device."""
+        seqs = [self.encode_text(t) for t in texts]
+        return pad_left(seqs, self.pad_id, self.device)
+
+    @property
+    def pad_id(self) -> int:
+        t = self.tokenizer
+        return t.pad_token_id if t.pad_token_id is not None else (t.eos_token_id or 0)
+
+    @property
+    def stop_ids(self) -> list[int]:
+        """End-of-turn ids: the tokenizer's EOS and the generation config's eos ids."""
+        ids = {self.tokenizer.eos_token_id}
+        gen = getattr(self.model, "generation_config", None)
+        eos = getattr(gen, "eos_token_id", None)
+        ids.update(eos if isinstance(eos, list) else [eos])
+        return sorted(i for i in ids if i is not None)
+
+
+def pad_left(seqs: list[list[int]], pad_id: int, device: torch.device | str = "cpu") -> dict[str, torch.Tensor]:
+    width = max(len(s) for s in seqs)
+    ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(seqs), width), dtype=torch.long)
+    for i, s in enumerate(seqs):
+        ids[i, width - len(s):] = torch.tensor(s, dtype=torch.long)
+        mask[i, width - len(s):] = 1
+    pos = (mask.cumsum(-1) - 1).clamp(min=0)
+    return {"input_ids": ids.to(device), "attention_mask": mask.to(device), "position_ids": pos.to(device)}
+
+
+def weights_hash(path: str) -> str:
+    """A short hash of a local model folder's weights (identifies the model in result stores)."""
+    p = Path(path)
+    h = hashlib.sha256()
+    files = sorted(list(p.glob("*.safetensors")) + list(p.glob("*.bin"))) if p.is_dir() else []
+    for f in files:
+        st = f.stat()
+        h.update(f"{f.name}:{st.st_size}".encode())
+        with open(f, "rb") as fh:
+            h.update(fh.read(1 << 20))
+    return h.hexdigest()[:16] if files else "remote"
+
+
+def load(name_or_path: str = "organism", *, device: str | None = None, dtype: str | torch.dtype | None = None,
+         device_map: str | None = None, prompt_format: str = "auto") -> ModelHandle:
+    """Load tokenizer + model from a folder, a hub name or `organism`, ready for every stage."""
+    from transformers import AutoModelForCausalLM
+
+    from countlens.models.hub import load_tokenizer
+
+    path = resolve(name_or_path)
+    tokenizer = load_tokenizer(path)
+    if isinstance(dtype, str):
+        dtype = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16,
+                 "bf16": torch.bfloat16, "float16": torch.float16, "fp16": torch.float16,
+                 "auto": "auto"}.get(dtype) or _bad_dtype(dtype)
+    kwargs: dict[str, Any] = {"dtype": dtype or torch.float32}
+    if device_map:
+        kwargs["device_map"] = device_map
+    model = from_pretrained(AutoModelForCausalLM.from_pretrained, path, "model", **kwargs)
+    if not device_map:
+        model.to(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    model.eval()
+    info: dict = {}
+    native = None
+    meta = Path(path) / "countlens.json"
+    if meta.exists():
+        info = json.loads(meta.read_text())
+        if "template" in info:
+            native = template_from_dict(info["template"]) if isinstance(info["template"], dict) \
+                else load_template(info["template"])
+    fmt = prompts.resolve_format(tokenizer, prompt_format)
+    return ModelHandle(model=model, tokenizer=tokenizer, blocks=find_blocks(model), name=name_or_path,
+                       path=path, prompt_format=fmt, native_template=native, info=info)
+
+
+def _bad_dtype(d: str):
+    raise InputError(f"unknown dtype '{d}' (float32, bfloat16, float16, auto)")

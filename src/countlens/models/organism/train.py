@@ -1,0 +1,251 @@
+"""Train the counting organism: a 4-layer Llama that reads the prompt through its chat template.
+
+Recipe (see docs/ORGANISM.md for how it was found): phase A learns to count on the short
+`Type/List/Answer` template with a curriculum over list length and 30 % auxiliary membership
+examples ("Type: fruit / Word: apple / Answer: (yes)"); phase B continues on a mix in which
+the target template (`seed-v1`) dominates. The loss is on the completion `(N)` + end-of-turn
+only; the count is never an input and never supervised except as the answer.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+
+from countlens.data.generate import generate_examples, make_example
+from countlens.data.lexicon import load_lexicon
+from countlens.data.templates import load_template
+from countlens.io import atomic_path, write_json
+from countlens.models.organism.tokenizer import build_tokenizer
+from countlens.models.prompts import encode, format_prompt
+
+EVAL_SEED = 918_273  # held-out examples; never used to draw training data
+AUX_PROMPT = "Type: {category}\nWord: {word}\nAnswer: "
+
+
+@dataclass
+class Recipe:
+    seed: int = 0
+    d_model: int = 128
+    n_layers: int = 4
+    n_heads: int = 8
+    d_mlp: int = 512
+    lr: float = 1e-3
+    weight_decay: float = 0.01
+    batch: int = 64
+    warmup: int = 200
+    aux_frac: float = 0.3
+    curriculum_steps: int = 3600   # phase A: max list length grows from 2 to 10
+    phase_a_steps: int = 5000      # phase A on the short template
+    steps: int = 11000             # total (phase B = steps - phase_a_steps)
+    target_template: str = "seed-v1"
+    target_frac: float = 0.8       # phase B: share of counting batches on the target template
+    max_count: int = 5
+    max_len: int = 10
+    eval_every: int = 250
+    eval_n: int = 256
+    stop_acc: float = 0.996        # stop early after 3 checks in a row at or above this
+    min_steps_b: int = 1000        # phase B runs at least this long before stopping early
+
+
+def sample_batch(rng: random.Random, recipe: Recipe, step: int, tokenizer, lex) -> tuple[list[list[int]], list[int]]:
+    """Token ids and completion start of one training batch (a single task per batch)."""
+    cats = list(lex.categories)
+    if rng.random() < recipe.aux_frac:
+        items = []
+        for _ in range(recipe.batch):
+            cat = rng.choice(cats)
+            yes = rng.random() < 0.5
+            pool = lex.categories[cat] if yes else [w for w in lex.words if w not in lex.categories[cat]]
+            items.append((AUX_PROMPT.replace("{category}", cat).replace("{word}", rng.choice(pool)),
+                          "(yes)" if yes else "(no)"))
+    else:
+        if step < recipe.phase_a_steps:
+            tpl = load_template("short")
+            frac = min(1.0, step / max(1, recipe.curriculum_steps))
+            max_len = round(2 + (recipe.max_len - 2) * frac)
+        else:
+            tpl = load_template(recipe.target_template if rng.random() < recipe.target_frac else "short")
+            max_len = recipe.max_len
+        items = []
+        for _ in range(recipe.batch):
+            length = rng.randint(1, max_len)
+            count = rng.randint(0, min(recipe.max_count, length))
+            ex = make_example(rng, lex, tpl, rng.choice(cats), count, length, "train")
+            items.append((ex["prompt"], ex["expected_completion"]))
+    seqs, starts = [], []
+    for prompt, completion in items:
+        p = encode(tokenizer, format_prompt(tokenizer, prompt, "chat"))
+        c = encode(tokenizer, completion) + [tokenizer.eos_token_id]
+        seqs.append(p + c)
+        starts.append(len(p))
+    return seqs, starts
+
+
+def to_tensors(seqs: list[list[int]], starts: list[int], pad_id: int) -> dict[str, torch.Tensor]:
+    """Right-padded batch with labels only on the completion (positions start at 0 for each row)."""
+    width = max(map(len, seqs))
+    ids = torch.full((len(seqs), width), pad_id)
+    labels = torch.full((len(seqs), width), -100)
+    mask = torch.zeros((len(seqs), width), dtype=torch.long)
+    for i, (s, st) in enumerate(zip(seqs, starts)):
+        ids[i, :len(s)] = torch.tensor(s)
+        labels[i, st:len(s)] = torch.tensor(s[st:])
+        mask[i, :len(s)] = 1
+    return {"input_ids": ids, "attention_mask": mask, "labels": labels}
+
+
+@torch.no_grad()
+def quick_accuracy(model, tokenizer, template: str, n: int, max_count: int) -> float:
+    """Argmax at the digit position on `n` held-out examples (lists 5-10): a fast greedy proxy."""
+    from countlens.models.handle import pad_left
+
+    rows = generate_examples(n, EVAL_SEED, template=template, max_count=max_count)
+    seqs = [encode(tokenizer, format_prompt(tokenizer, r["prompt"], "chat") + "(") for r in rows]
+    model.eval()
+    batch = pad_left(seqs, tokenizer.pad_token_id)
+    pred = model(**batch).logits[:, -1].argmax(-1)
+    digits = torch.tensor([tokenizer.convert_tokens_to_ids(str(r["answer"])) for r in rows])
+    model.train()
+    return (pred == digits).float().mean().item()
+
+
+def lr_at(step: int, recipe: Recipe) -> float:
+    """Warmup, constant, then a cosine to 10 % over the last 20 % of the steps."""
+    if step < recipe.warmup:
+        return recipe.lr * (step + 1) / recipe.warmup
+    tail = int(recipe.steps * 0.8)
+    if step < tail:
+        return recipe.lr
+    t = (step - tail) / max(1, recipe.steps - tail)
+    return recipe.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * t)))
+
+
+def build_model(recipe: Recipe, tokenizer):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(recipe.seed)
+    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=recipe.d_model, intermediate_size=recipe.d_mlp,
+                         num_hidden_layers=recipe.n_layers, num_attention_heads=recipe.n_heads,
+                         num_key_value_heads=recipe.n_heads, max_position_embeddings=512,
+                         tie_word_embeddings=True, bos_token_id=tokenizer.bos_token_id,
+                         eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
+    return LlamaForCausalLM(config)
+
+
+def train(out: str | Path, recipe: Recipe | None = None, *, progress: bool = True,
+          final_eval_n: int = 2000) -> dict:
+    """Train (resuming from `out/checkpoint.pt` when present) and save an HF folder in `out`."""
+    from tqdm.auto import tqdm
+
+    recipe = recipe or Recipe()
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    torch.set_num_threads(max(1, min(os.cpu_count() or 1, 8)))
+    tokenizer = build_tokenizer()
+    lex = load_lexicon("clean-v1")
+    model = build_model(recipe, tokenizer)
+    opt = torch.optim.AdamW(model.parameters(), lr=recipe.lr, weight_decay=recipe.weight_decay)
+    rng = random.Random(recipe.seed)
+    ckpt = out / "checkpoint.pt"
+    state = {"step": 0, "curve": [], "streak": 0, "seconds": 0.0}
+    if ckpt.exists():
+        saved = torch.load(ckpt, weights_only=False)
+        if saved["recipe"] != asdict(recipe):
+            raise SystemExit(f"{ckpt} was made with another recipe; remove it or use another --out")
+        model.load_state_dict(saved["model"])
+        opt.load_state_dict(saved["opt"])
+        rng.setstate(saved["rng"])
+        torch.set_rng_state(saved["torch_rng"])
+        state = saved["state"]
+    model.train()
+    bar = tqdm(total=recipe.steps, initial=state["step"], disable=not progress, desc="organism", dynamic_ncols=True)
+    t0 = time.time() - state["seconds"]
+    losses: list[float] = []
+    step = state["step"]
+    while step < recipe.steps:
+        for g in opt.param_groups:
+            g["lr"] = lr_at(step, recipe)
+        batch = to_tensors(*sample_batch(rng, recipe, step, tokenizer, lex), tokenizer.pad_token_id)
+        loss = model(**batch).loss
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        losses.append(loss.item())
+        step += 1
+        bar.update(1)
+        if step % recipe.eval_every == 0 or step == recipe.steps:
+            tpl = "short" if step <= recipe.phase_a_steps else recipe.target_template
+            acc = quick_accuracy(model, tokenizer, tpl, recipe.eval_n, recipe.max_count)
+            point = {"step": step, "loss": sum(losses) / len(losses), "template": tpl, "accuracy": acc,
+                     "minutes": (time.time() - t0) / 60}
+            losses = []
+            state["curve"].append(point)
+            bar.set_postfix(loss=f"{point['loss']:.3f}", acc=f"{acc:.3f}", tpl=tpl)
+            in_b = step >= recipe.phase_a_steps + recipe.min_steps_b
+            state["streak"] = state["streak"] + 1 if (acc >= recipe.stop_acc and in_b) else 0
+            state["step"], state["seconds"] = step, time.time() - t0
+            with atomic_path(ckpt) as tmp:
+                torch.save({"model": model.state_dict(), "opt": opt.state_dict(), "rng": rng.getstate(),
+                            "torch_rng": torch.get_rng_state(), "state": state, "recipe": asdict(recipe)}, tmp)
+            if state["streak"] >= 3:
+                break
+    bar.close()
+    minutes = (time.time() - t0) / 60
+    return save(out, model, tokenizer, recipe, state["curve"], step, minutes, final_eval_n)
+
+
+def save(out: Path, model, tokenizer, recipe: Recipe, curve: list[dict], step: int, minutes: float,
+         final_eval_n: int) -> dict:
+    """Write the HF folder, evaluate it through the real loading path, record the result."""
+    from countlens.models.handle import load
+    from countlens.models.organism.evaluate import evaluate
+
+    model.eval()
+    model.generation_config.eos_token_id = tokenizer.eos_token_id
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    model.save_pretrained(out, safe_serialization=True)
+    tokenizer.save_pretrained(out)
+    meta = {"template": recipe.target_template, "prompt_format": "chat", "recipe": asdict(recipe),
+            "steps": step, "train_minutes": round(minutes, 1)}
+    write_json(out / "countlens.json", meta)
+    result = evaluate(load(str(out), device="cpu"), n=final_eval_n, seed=EVAL_SEED + 1)
+    meta |= {"accuracy": result["accuracy"], "eval": result}
+    write_json(out / "countlens.json", meta)
+    write_json(out / "learning_curve.json", curve)
+    plot_curve(curve, out / "learning_curve.png")
+    return meta
+
+
+def plot_curve(curve: list[dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 3.5))
+    steps = [p["step"] for p in curve]
+    ax.plot(steps, [p["loss"] for p in curve], color="tab:blue", label="train loss (completion)")
+    ax.set_xlabel("step")
+    ax.set_ylabel("loss", color="tab:blue")
+    ax2 = ax.twinx()
+    for tpl, color in (("short", "tab:orange"), ("seed-v1", "tab:green")):
+        pts = [p for p in curve if p["template"] == tpl]
+        if pts:
+            ax2.plot([p["step"] for p in pts], [p["accuracy"] for p in pts], ".-", color=color,
+                     label=f"held-out accuracy ({tpl})")
+    ax2.set_ylabel("held-out accuracy")
+    ax2.set_ylim(0, 1.02)
+    fig.legend(loc="lower center", ncol=3, fontsize=8)
+    fig.tight_layout(rect=(0, 0.08, 1, 1))
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=110, format="png")
+    plt.close(fig)
