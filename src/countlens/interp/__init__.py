@@ -1,0 +1,1 @@
+"""Interpretability: hook sites, patching, activation collection, probes, steering (no matplotlib)."""
