@@ -1,0 +1,498 @@
+"""Activation patching over sites x layers x positions (x heads), fast and reference.
+
+Pairs are (low, high) prompts whose counts differ by one and whose tokens differ only at one
+list word. Denoising runs the low prompt and patches in activations from the high prompt;
+noising runs the high prompt and patches in the low prompt's. Metrics are read at the last
+position of `format(prompt) + answer_prefix`, the position that predicts the count digit.
+
+normalized effect = (LD_patched - LD_base) / (LD_source - LD_base), LD = logit(N_high) - logit(N_low),
+so 0 = no change and 1 = the patched run behaves like the source run, in both directions.
+
+The fast path (`method="fast"`) reuses KV caches: one base forward gives the KV of every
+position; the source run starts from the base KV of the shared prefix (everything before the
+changed word); each patch at position p recomputes only positions >= p, with every site,
+layer and head of the sweep batched together as rows. The reference path runs a full forward
+per (site, layer, head, position) with a hook. Both must agree to 1e-4 in float32.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+
+from countlens.bench.parse import parse_lenient
+from countlens.errors import InputError
+from countlens.interp import kvcache
+from countlens.interp.sites import Site, gather_positions, hook, n_heads
+from countlens.io import read_jsonl
+from countlens.models.handle import ModelHandle, pad_left
+from countlens.stats import bootstrap_ci
+
+SITE_KINDS = ("resid", "attn", "mlp", "head")
+METRICS = ("logit_diff", "normalized", "p_target", "exact_match")
+
+
+@dataclass
+class PatchOptions:
+    sites: tuple[str, ...] = ("resid",)
+    positions: str = "last"                 # last | all | comma-separated offsets from the end (-1 = last)
+    directions: tuple[str, ...] = ("denoise",)
+    method: str = "fast"                    # fast | reference
+    batch_size: int = 16                    # pairs per batch (rows = pairs x sweep configs)
+    filter: str = "greedy"                  # greedy | sampled | none
+    k_samples: int = 5
+    generate: bool = False                  # also the original study's generate-and-parse protocol
+    max_new_tokens: int = 8
+    n_boot: int = 1000
+    seed: int = 0
+    template: str | None = None
+
+
+@dataclass
+class EncodedPairs:
+    """Pairs tokenised with the model's tokenizer, aligned, with their answer token ids."""
+    ids: list[str]
+    n_low: list[int]
+    low: list[list[int]]
+    high: list[list[int]]
+    start: list[int]          # first differing token (unpadded index)
+    tok_low: list[int]
+    tok_high: list[int]
+    dropped_misaligned: int = 0
+
+
+@dataclass
+class PatchResult:
+    table: pd.DataFrame
+    summary: dict
+    options: PatchOptions = field(default_factory=PatchOptions)
+
+    def to_frame(self) -> pd.DataFrame:
+        return self.table
+
+    def plot(self, out_dir: str | Path | None = None) -> list[Path]:
+        from countlens.report.patch_figures import patch_figures
+
+        return patch_figures(self.table, self.summary, out_dir or Path("."))
+
+
+def sweep_configs(handle: ModelHandle, sites: tuple[str, ...]) -> list[tuple[str, Any, int | None]]:
+    """(kind, layer, head) rows of a sweep: resid has "emb" + every block; head has every head."""
+    out: list[tuple[str, Any, int | None]] = []
+    for kind in sites:
+        if kind not in SITE_KINDS:
+            raise InputError(f"--sites: unknown site '{kind}' (choose from {', '.join(SITE_KINDS)})")
+        if kind == "resid":
+            out += [("resid", layer, None) for layer in ["emb", *range(handle.n_layers)]]
+        elif kind == "head":
+            out += [("head", layer, h) for layer in range(handle.n_layers) for h in range(n_heads(handle.model))]
+        else:
+            out += [(kind, layer, None) for layer in range(handle.n_layers)]
+    return out
+
+
+def encode_pairs(handle: ModelHandle, pairs: list[dict], template: Any = None) -> EncodedPairs:
+    """Tokenise formatted low/high prompts + answer prefix; drop (and count) pairs that misalign."""
+    tpl = handle.template(template)
+    answers = handle.answer_tokens(max(p["n_high"] for p in pairs), tpl.answer_prefix)
+    if any(len(a) != 1 for a in answers):
+        raise InputError("patching reads single-token answers; this tokenizer splits some counts in several tokens")
+    enc = EncodedPairs([], [], [], [], [], [], [])
+    for p in pairs:
+        a = handle.encode_text(handle.format(p["low"]["prompt"]) + tpl.answer_prefix)
+        b = handle.encode_text(handle.format(p["high"]["prompt"]) + tpl.answer_prefix)
+        diff = [i for i in range(min(len(a), len(b))) if a[i] != b[i]]
+        if len(a) != len(b) or not diff or diff[-1] - diff[0] + 1 > 8 or diff[-1] == len(a) - 1:
+            enc.dropped_misaligned += 1
+            continue
+        enc.ids.append(p["id"])
+        enc.n_low.append(p["n_low"])
+        enc.low.append(a)
+        enc.high.append(b)
+        enc.start.append(diff[0])
+        enc.tok_low.append(answers[p["n_low"]][0])
+        enc.tok_high.append(answers[p["n_high"]][0])
+    return enc
+
+
+def _reduce(logits: torch.Tensor, hi: torch.Tensor, lo: torch.Tensor, tgt: torch.Tensor) -> torch.Tensor:
+    """[N, V] last-position logits -> [N, 4]: logit(N_high), logit(N_low), P(target), argmax == target."""
+    logits = logits.float().cpu()
+    r = torch.arange(len(logits))
+    p = torch.softmax(logits, -1)[r, tgt]
+    return torch.stack([logits[r, hi], logits[r, lo], p, (logits.argmax(-1) == tgt).float()], -1)
+
+
+def _row_patch_hooks(handle: ModelHandle, configs, n_rows_per_pair: int, offset: int,
+                     acts: dict[Site, torch.Tensor], t_index: int, B: int):
+    """Hooks that patch, for each config r, rows b*R + offset + r at chunk index t_index with acts[site][b]."""
+    import contextlib
+
+    by_site: dict[Site, list[tuple[torch.Tensor, int | None, torch.Tensor]]] = {}
+    for r, (kind, layer, head) in enumerate(configs):
+        site = Site("head" if kind == "head" else kind, layer)
+        rows = torch.arange(B) * n_rows_per_pair + offset + r
+        v = acts[site]
+        by_site.setdefault(site, []).append((rows, head, v[:, head] if head is not None else v))
+    stack = contextlib.ExitStack()
+    for site, items in by_site.items():
+        def fn(x, items=items):
+            x = x.clone()
+            for rows, head, v in items:
+                rows_d = rows.to(x.device)
+                if head is None:
+                    x[rows_d, t_index] = v.to(x.device, x.dtype)
+                else:
+                    x[rows_d, t_index, head] = v.to(x.device, x.dtype)
+            return x
+        stack.enter_context(hook(handle, site, fn))
+    return stack
+
+
+def _source_sites(configs) -> list[Site]:
+    return list(dict.fromkeys(Site("head" if k == "head" else k, layer) for k, layer, _ in configs))
+
+
+@torch.no_grad()
+def _batch_fast(handle, base, src, mask, pos, positions, starts, configs, answers):
+    """Fast sweep of one batch. Returns clean_base [B,4], clean_src [B,4], patched [B,P,R,4]."""
+    model, cfg = handle.model, handle.model.config
+    B, W = base.shape
+    R = len(configs)
+    hi, lo, tgt = answers
+    out = kvcache.forward(model, input_ids=base, attention_mask=mask, position_ids=pos)
+    clean_base = _reduce(out.logits[:, -1], hi, lo, tgt)
+    kv = kvcache.kv_tensors(kvcache.output_cache(out))
+    # Source run: shares the base's tokens (hence KV) before min(start, positions).
+    cs = min(min(starts), min(positions))
+    sites = _source_sites(configs)
+    rel = torch.tensor([p - cs for p in positions])
+    acts: dict[Site, torch.Tensor] = {}
+    import contextlib
+    with contextlib.ExitStack() as stack:
+        for site in sites:
+            def grab(x, site=site):
+                acts[site] = x[:, rel.to(x.device)].detach()
+            stack.enter_context(hook(handle, site, grab))
+        sout = kvcache.forward(model, cache=kvcache.build_cache(kv, cfg, cs), input_ids=src[:, cs:],
+                               attention_mask=mask, position_ids=pos[:, cs:])
+    clean_src = _reduce(sout.logits[:, -1], hi, lo, tgt)
+    patched = torch.empty(B, len(positions), R, 4)
+    rows = torch.arange(B).repeat_interleave(R)
+    for j, p in enumerate(positions):
+        cache = kvcache.build_cache(kv, cfg, p, rows)
+        pacts = {s: a[:, j] for s, a in acts.items()}
+        with _row_patch_hooks(handle, configs, R, 0, pacts, 0, B):
+            o = kvcache.forward(model, cache=cache, input_ids=base[rows, p:],
+                                attention_mask=mask[rows], position_ids=pos[rows, p:])
+        patched[:, j] = _reduce(o.logits[:, -1], hi[rows], lo[rows], tgt[rows]).view(B, R, 4)
+    return clean_base, clean_src, patched
+
+
+@torch.no_grad()
+def _batch_reference(handle, base, src, mask, pos, positions, starts, configs, answers):
+    """Reference sweep: a full forward per (config, position) with a hook."""
+    model = handle.model
+    B, W = base.shape
+    hi, lo, tgt = answers
+    clean_base = _reduce(model(input_ids=base, attention_mask=mask, position_ids=pos).logits[:, -1], hi, lo, tgt)
+    acts: dict[Site, torch.Tensor] = {}
+    import contextlib
+    with contextlib.ExitStack() as stack:
+        for site in _source_sites(configs):
+            def grab(x, site=site):
+                acts[site] = x.detach()
+            stack.enter_context(hook(handle, site, grab))
+        clean_src = _reduce(model(input_ids=src, attention_mask=mask, position_ids=pos).logits[:, -1], hi, lo, tgt)
+    patched = torch.empty(B, len(positions), len(configs), 4)
+    for j, p in enumerate(positions):
+        for r, cfg in enumerate(configs):
+            pacts = {s: a[:, p] for s, a in acts.items()}
+            with _row_patch_hooks(handle, [cfg], 1, 0, pacts, p, B):
+                o = model(input_ids=base, attention_mask=mask, position_ids=pos)
+            patched[:, j, r] = _reduce(o.logits[:, -1], hi, lo, tgt)
+    return clean_base, clean_src, patched
+
+
+def resolve_positions(spec: str, W: int, starts: list[int]) -> list[int]:
+    """Padded indices to patch: last, all (from the first changed token on), or offsets from the end."""
+    if spec == "last":
+        return [W - 1]
+    if spec == "all":
+        return list(range(min(starts), W))
+    try:
+        offs = [int(x) for x in spec.split(",") if x.strip()]
+    except ValueError:
+        raise InputError(f"--positions must be last, all or offsets from the end like -1,-2 (got '{spec}')") from None
+    if not offs or any(o >= 0 or -o > W for o in offs):
+        raise InputError(f"--positions offsets must be negative and within the prompt (got '{spec}')")
+    return sorted(W + o for o in offs)
+
+
+def _direction_tensors(enc: EncodedPairs, idx: list[int], direction: str, device):
+    lows = [enc.low[i] for i in idx]
+    highs = [enc.high[i] for i in idx]
+    base_seqs, src_seqs = (lows, highs) if direction == "denoise" else (highs, lows)
+    pad = 0
+    b = pad_left(base_seqs, pad, device)
+    s = pad_left(src_seqs, pad, device)["input_ids"]
+    W = b["input_ids"].shape[1]
+    starts = [W - len(enc.low[i]) + enc.start[i] for i in idx]
+    hi = torch.tensor([enc.tok_high[i] for i in idx])
+    lo = torch.tensor([enc.tok_low[i] for i in idx])
+    tgt = hi if direction == "denoise" else lo
+    return b, s, starts, (hi, lo, tgt)
+
+
+def _run_batches(handle, enc, direction, configs, opts, progress):
+    """Yield (pair index list, W, positions, clean_base, clean_src, patched) batch by batch."""
+    fn = _batch_fast if opts.method == "fast" else _batch_reference
+    order = sorted(range(len(enc.ids)), key=lambda i: len(enc.low[i]))
+    bs = max(1, opts.batch_size)
+    i = 0
+    while i < len(order):
+        idx = order[i:i + bs]
+        b, s, starts, answers = _direction_tensors(enc, idx, direction, handle.device)
+        W = b["input_ids"].shape[1]
+        positions = resolve_positions(opts.positions, W, starts)
+        try:
+            res = fn(handle, b["input_ids"], s, b["attention_mask"], b["position_ids"], positions, starts,
+                     configs, answers)
+        except torch.cuda.OutOfMemoryError:
+            if bs == 1:
+                raise
+            torch.cuda.empty_cache()
+            bs = max(1, bs // 2)
+            continue
+        yield idx, W, positions, *res
+        if progress:
+            progress(len(idx))
+        i += len(idx)
+
+
+def _tidy(enc, idx, W, positions, configs, direction, clean_base, clean_src, patched) -> pd.DataFrame:
+    B, P, R = len(idx), len(positions), len(configs)
+    ld = patched[..., 0] - patched[..., 1]
+    ld_b = (clean_base[:, 0] - clean_base[:, 1])[:, None, None]
+    ld_s = (clean_src[:, 0] - clean_src[:, 1])[:, None, None]
+    norm = (ld - ld_b) / (ld_s - ld_b)
+    vals = torch.stack([ld, norm, patched[..., 2], patched[..., 3]], -1).numpy()  # [B,P,R,4]
+    lengths = np.array([len(enc.low[i]) for i in idx])
+    pos_abs = np.array(positions)
+    valid = pos_abs[None, :] >= (W - lengths)[:, None]  # not in a pair's left padding
+    bi, pj, rk, mm = np.meshgrid(np.arange(B), np.arange(P), np.arange(R), np.arange(4), indexing="ij")
+    keep = valid[bi, pj]
+    kinds = np.array([c[0] for c in configs], dtype=object)
+    layers = np.array([str(c[1]) for c in configs], dtype=object)
+    heads = np.array([-1 if c[2] is None else c[2] for c in configs])
+    return pd.DataFrame({
+        "pair": np.array([enc.ids[i] for i in idx], dtype=object)[bi[keep]],
+        "n_low": np.array([enc.n_low[i] for i in idx])[bi[keep]],
+        "direction": direction,
+        "site": kinds[rk[keep]],
+        "layer": layers[rk[keep]],
+        "position": (pos_abs - W)[pj[keep]],
+        "head": heads[rk[keep]],
+        "metric": np.array(METRICS, dtype=object)[mm[keep]],
+        "value": vals[keep],
+    })
+
+
+@torch.no_grad()
+def baseline_keep(handle: ModelHandle, enc: EncodedPairs, opts: PatchOptions) -> list[bool]:
+    """Pairs the model answers correctly on both prompts (greedy argmax, or all k samples)."""
+    keep = []
+    for i0 in range(0, len(enc.ids), opts.batch_size):
+        idx = list(range(i0, min(len(enc.ids), i0 + opts.batch_size)))
+        ok = torch.ones(len(idx), dtype=torch.bool)
+        for seqs, toks in ((enc.low, enc.tok_low), (enc.high, enc.tok_high)):
+            batch = pad_left([seqs[i] for i in idx], 0, handle.device)
+            logits = handle.model(**batch).logits[:, -1].float().cpu()
+            want = torch.tensor([toks[i] for i in idx])
+            if opts.filter == "sampled":
+                gen = torch.Generator().manual_seed(opts.seed)
+                probs = torch.softmax(logits, -1)
+                draws = torch.multinomial(probs, opts.k_samples, replacement=True, generator=gen)
+                ok &= (draws == want[:, None]).all(-1)
+            else:
+                ok &= logits.argmax(-1) == want
+        keep += ok.tolist()
+    return keep
+
+
+@torch.no_grad()
+def generate_sweep(handle: ModelHandle, enc: EncodedPairs, direction: str, configs, opts: PatchOptions,
+                   tokens_to_int: Callable[[str], int | None] = parse_lenient) -> pd.DataFrame:
+    """The original protocol, corrected: patch the last position (prefill only), generate, parse.
+
+    Metrics per pair and config: changed (answer differs from the unpatched answer), exact_match
+    (answer == the source prompt's count), abs_shift (|patched - unpatched answer|).
+    """
+    rows = []
+    prefix = handle.template(opts.template).answer_prefix
+    for i0 in range(0, len(enc.ids), opts.batch_size):
+        idx = list(range(i0, min(len(enc.ids), i0 + opts.batch_size)))
+        b, s, starts, _ = _direction_tensors(enc, idx, direction, handle.device)
+        W = b["input_ids"].shape[1]
+        acts: dict[Site, torch.Tensor] = {}
+        import contextlib
+        with contextlib.ExitStack() as stack:
+            for site in _source_sites(configs):
+                def grab(x, site=site):
+                    acts[site] = x[:, -1].detach()
+                stack.enter_context(hook(handle, site, grab))
+            handle.model(input_ids=s, attention_mask=b["attention_mask"], position_ids=b["position_ids"])
+
+        def gen(patch_cfg):
+            stack = contextlib.ExitStack()
+            if patch_cfg is not None:
+                kind, layer, head = patch_cfg
+                site = Site(kind, layer)
+                v = acts[site] if head is None else acts[site][:, head]
+
+                def fn(x, v=v, head=head):
+                    if x.shape[1] != W:  # only the prefill holds the patched position
+                        return None
+                    x = x.clone()
+                    if head is None:
+                        x[:, -1] = v.to(x.device, x.dtype)
+                    else:
+                        x[:, -1, head] = v.to(x.device, x.dtype)
+                    return x
+                stack.enter_context(hook(handle, site, fn))
+            with stack:
+                out = handle.model.generate(input_ids=b["input_ids"], attention_mask=b["attention_mask"],
+                                            max_new_tokens=opts.max_new_tokens, do_sample=False,
+                                            eos_token_id=handle.stop_ids, pad_token_id=handle.pad_id)
+            texts = handle.tokenizer.batch_decode(out[:, W:], skip_special_tokens=True)
+            return [tokens_to_int(prefix + t) for t in texts]
+
+        base_ans = gen(None)
+        for cfg in configs:
+            ans = gen(cfg)
+            for j, i in enumerate(idx):
+                src_n = enc.n_low[i] + 1 if direction == "denoise" else enc.n_low[i]
+                a, b0 = ans[j], base_ans[j]
+                for metric, value in (("gen_changed", float(a != b0)), ("gen_exact_match", float(a == src_n)),
+                                      ("gen_abs_shift", float(abs(a - b0)) if a is not None and b0 is not None
+                                       else math.nan)):
+                    rows.append((enc.ids[i], enc.n_low[i], direction, cfg[0], str(cfg[1]), -1,
+                                 -1 if cfg[2] is None else cfg[2], metric, value))
+    return pd.DataFrame(rows, columns=["pair", "n_low", "direction", "site", "layer", "position", "head",
+                                       "metric", "value"])
+
+
+def _layer_key(layer: str):
+    return -1 if layer == "emb" else int(layer)
+
+
+def summarize(table: pd.DataFrame, opts: PatchOptions, stats: dict) -> dict:
+    """per_layer: normalised effect of the residual stream at the last position, mean over pairs + CI."""
+    direction = "denoise" if "denoise" in opts.directions else opts.directions[0]
+    t = table[(table.site == "resid") & (table.position == -1) & (table.direction == direction)]
+    per_layer, by_n = [], {}
+    for layer in sorted(t.layer.unique(), key=_layer_key):
+        tl = t[t.layer == layer]
+        norm = tl[tl.metric == "normalized"].value.to_numpy()
+        mean, lo, hi = bootstrap_ci(norm, opts.n_boot, opts.seed)
+        entry = {"layer": "emb" if layer == "emb" else int(layer), "mean": mean, "ci_low": lo, "ci_high": hi}
+        for m in ("logit_diff", "p_target", "exact_match"):
+            entry[m] = float(tl[tl.metric == m].value.mean())
+        per_layer.append(entry)
+        for n, g in tl[tl.metric == "normalized"].groupby("n_low"):
+            by_n.setdefault(str(n), []).append({"layer": entry["layer"], "mean": float(g.value.mean()),
+                                                "pairs": int(len(g))})
+    ratio = stats.pop("_ratio_of_means", {}).get(direction, {})
+    for e in per_layer:
+        e["ratio_of_means"] = ratio.get(str(e["layer"]), math.nan)
+    gen = table[table.metric.str.startswith("gen_") & (table.site == "resid") & (table.direction == direction)]
+    generate = [{"layer": "emb" if layer == "emb" else int(layer),
+                 **{m: float(gen[(gen.layer == layer) & (gen.metric == m)].value.mean())
+                    for m in ("gen_changed", "gen_exact_match", "gen_abs_shift")}}
+                for layer in sorted(gen.layer.unique(), key=_layer_key)] if len(gen) else []
+    return {"per_layer": per_layer, "by_n": by_n, "generate": generate, "direction": direction,
+            "method": opts.method, "sites": list(opts.sites), "positions": opts.positions,
+            "directions": list(opts.directions), **stats}
+
+
+def run_patching(handle: ModelHandle, pairs: list[dict], opts: PatchOptions | None = None,
+                 progress: Callable[[int], None] | None = None) -> PatchResult:
+    """Filter pairs, sweep every requested direction, and return the tidy table + summary."""
+    opts = opts or PatchOptions()
+    if opts.method not in ("fast", "reference"):
+        raise InputError(f"--method must be fast or reference (got '{opts.method}')")
+    for d in opts.directions:
+        if d not in ("denoise", "noise"):
+            raise InputError(f"--direction must be denoise, noise or both (got '{d}')")
+    if not pairs:
+        raise InputError("no pairs to patch")
+    enc = encode_pairs(handle, pairs, opts.template)
+    keep = baseline_keep(handle, enc, opts) if opts.filter != "none" else [True] * len(enc.ids)
+    kept = EncodedPairs(*[[v for v, k in zip(getattr(enc, f), keep) if k] for f in
+                          ("ids", "n_low", "low", "high", "start", "tok_low", "tok_high")],
+                        dropped_misaligned=enc.dropped_misaligned)
+    stats = {"total_pairs": len(pairs), "dropped_misaligned": enc.dropped_misaligned,
+             "kept_pairs": len(kept.ids), "filter": opts.filter}
+    if not kept.ids:
+        raise InputError(f"no pair kept: the model answers none of the {len(enc.ids)} aligned pairs correctly "
+                         "on both prompts (use --filter none to patch anyway)")
+    configs = sweep_configs(handle, opts.sites)
+    frames, ratio = [], {}
+    for direction in opts.directions:
+        sums: dict[str, list[float]] = {}
+        for idx, W, positions, cb, cs, patched in _run_batches(handle, kept, direction, configs, opts, progress):
+            frames.append(_tidy(kept, idx, W, positions, configs, direction, cb, cs, patched))
+            # ratio of means (resid, last position): sums of (patched - base) and (source - base)
+            if positions[-1] == W - 1:
+                ld = patched[:, -1, :, 0] - patched[:, -1, :, 1]
+                ld_b = (cb[:, 0] - cb[:, 1])[:, None]
+                ld_s = (cs[:, 0] - cs[:, 1])[:, None]
+                for r, (kind, layer, _) in enumerate(configs):
+                    if kind == "resid":
+                        acc = sums.setdefault(str(layer), [0.0, 0.0])
+                        acc[0] += float((ld[:, r] - ld_b[:, 0]).sum())
+                        acc[1] += float((ld_s - ld_b).sum())
+        ratio[direction] = {k: a / b if b else math.nan for k, (a, b) in sums.items()}
+        if opts.generate:
+            frames.append(generate_sweep(handle, kept, direction, [c for c in configs if c[0] == "resid"], opts))
+    table = pd.concat(frames, ignore_index=True)
+    stats["_ratio_of_means"] = ratio
+    return PatchResult(table=table, summary=summarize(table, opts, stats), options=opts)
+
+
+def load_pairs(path: str | Path, n: int | None = None) -> list[dict]:
+    pairs = []
+    for lineno, obj in read_jsonl(path, n):
+        for key in ("id", "n_low", "n_high", "low", "high"):
+            if key not in obj:
+                raise InputError("missing (is this a pairs file from `countlens data pairs`?)", file=str(path),
+                                 line=lineno, field=key)
+        pairs.append(obj)
+    return pairs
+
+
+def save_result(result: PatchResult, out: str | Path) -> dict:
+    """Write table.parquet, summary.json and figures into `out` (each file complete or absent)."""
+    from countlens.io import atomic_path, write_json
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    with atomic_path(out / "table.parquet") as tmp:
+        result.table.to_parquet(tmp, index=False)
+    summary = result.summary | {"options": asdict(result.options)}
+    figures = [str(p) for p in result.plot(out)]
+    summary["figures"] = figures
+    write_json(out / "summary.json", summary)
+    return summary
+
+
+def summary_json(summary: dict) -> str:
+    return json.dumps(summary, default=str)

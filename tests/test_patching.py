@@ -1,0 +1,107 @@
+import json
+
+import pandas as pd
+import pytest
+import torch
+
+from conftest import run_cli
+from countlens.data.generate import generate_dataset
+from countlens.data.pairs import build_pairs
+from countlens.interp.patching import PatchOptions, load_pairs, run_patching
+from countlens.interp.sites import Site, capture
+from countlens.models.handle import load
+
+KEY = ["pair", "direction", "site", "layer", "position", "head", "metric"]
+
+
+def make_pairs(tmp_path, tokenizer_path, n=6, template="short", seed=1):
+    data = tmp_path / "d.jsonl"
+    generate_dataset(data, 300, seed=seed, template=template)
+    out = tmp_path / "p.jsonl"
+    build_pairs(data, tokenizer_path, n, out, template=template)
+    return load_pairs(out)
+
+
+@pytest.mark.parametrize("arch", ["llama", "gpt2", "qwen2"])
+def test_fast_equals_reference_for_every_site_and_position_mode(tmp_path, tiny_models, arch):
+    if arch not in tiny_models:
+        pytest.skip("the real Qwen tokenizer (../shared/fixtures) is absent")
+    handle = load(tiny_models[arch], device="cpu")
+    template = "short" if arch != "qwen2" else "seed-v1"
+    pairs = make_pairs(tmp_path, tiny_models[arch], n=4, template=template)
+    for positions in (["last", "all", "-1,-2"] if arch == "llama" else ["last", "-1,-3"]):
+        tables = {}
+        for method in ("fast", "reference"):
+            opts = PatchOptions(sites=("resid", "attn", "mlp", "head"), positions=positions,
+                                directions=("denoise", "noise"), method=method, filter="none", batch_size=3,
+                                template=template)
+            tables[method] = run_patching(handle, pairs, opts).table
+        a, b = tables["fast"], tables["reference"]
+        m = a.merge(b, on=KEY, suffixes=("_f", "_r"))
+        assert len(m) == len(a) == len(b) > 0
+        for metric in ("logit_diff", "p_target", "exact_match"):
+            d = (m[m.metric == metric].value_f - m[m.metric == metric].value_r).abs().max()
+            assert d < 1e-4, (positions, metric, d)
+        # (the normalised effect is a ratio of these logit differences; on random weights its
+        # denominator can be ~0, so it is compared through logit_diff, not on its own)
+
+
+def test_layer_L_is_the_output_of_block_L(tiny_models):
+    """Our resid layer L equals HF hidden_states[L+1] except the last (HF's is after the final norm)."""
+    h = load(tiny_models["llama"], device="cpu")
+    ids = torch.tensor([[h.tokenizer.bos_token_id] + list(range(10, 20))])
+    sites = [Site("resid", "emb")] + [Site("resid", i) for i in range(h.n_layers)]
+    with torch.no_grad(), capture(h, sites) as st:
+        hs = h.model(ids, output_hidden_states=True).hidden_states
+    assert torch.equal(st[Site("resid", "emb")], hs[0])
+    for i in range(h.n_layers - 1):
+        assert torch.equal(st[Site("resid", i)], hs[i + 1])
+        assert not torch.allclose(st[Site("resid", i)], hs[i])  # the original's off-by-one would match this
+    last = st[Site("resid", h.n_layers - 1)]
+    assert not torch.allclose(last, hs[-1])  # HF's last entry is normed
+    assert torch.allclose(h.model.model.norm(last), hs[-1], atol=1e-6)
+
+
+@pytest.fixture(scope="module")
+def organism_patch(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("orgpatch")
+    data = tmp / "d.jsonl"
+    generate_dataset(data, 400, seed=11)
+    pairs_file = tmp / "pairs.jsonl"
+    build_pairs(data, "organism", 40, pairs_file)
+    handle = load("organism", device="cpu")
+    res = run_patching(handle, load_pairs(pairs_file), PatchOptions(sites=("resid",), generate=True))
+    return handle, res, pairs_file
+
+
+def test_accident_proof_checks_on_the_organism(organism_patch):
+    handle, res, _ = organism_patch
+    s = res.summary
+    assert s["kept_pairs"] >= 35 and s["dropped_misaligned"] == 0
+    per = {e["layer"]: e for e in s["per_layer"]}
+    last = handle.n_layers - 1
+    assert abs(per[last]["mean"] - 1.0) < 1e-3  # last block output at the last position decides the logits
+    assert abs(per["emb"]["mean"]) < 1e-3  # the last token is the same word in both prompts
+    assert per[last]["exact_match"] == 1.0
+    gen = {e["layer"]: e for e in s["generate"]}
+    assert gen[last]["gen_exact_match"] == 1.0 and gen["emb"]["gen_changed"] == 0.0
+
+
+def test_patch_cli_writes_grids_figures_and_summary(tmp_path, organism_patch):
+    _, _, pairs_file = organism_patch
+    out = tmp_path / "patch"
+    proc = run_cli("patch", "--model", "organism", "--pairs", str(pairs_file), "--n", "12", "--out", str(out),
+                   "--sites", "resid,attn,mlp,head", "--positions", "all", "--json", check=True)
+    s = json.loads(proc.stdout)
+    assert [e["layer"] for e in s["per_layer"]] == ["emb", 0, 1, 2, 3]
+    assert s["per_layer"][0]["mean"] == pytest.approx(0, abs=1e-3)
+    assert s["per_layer"][-1]["mean"] == pytest.approx(1, abs=1e-3)
+    assert s["method"] == "fast" and s["kept_pairs"] <= 12
+    table = pd.read_parquet(out / "table.parquet")
+    assert list(table.columns) == ["pair", "n_low", "direction", "site", "layer", "position", "head", "metric",
+                                   "value"]
+    assert set(table.site) == {"resid", "attn", "mlp", "head"} and table.position.min() < -10
+    for f in ("patch_per_layer.png", "patch_heatmap_resid.png", "patch_heads.png", "summary.json"):
+        assert (out / f).stat().st_size > 1000
+    bad = run_cli("patch", "--pairs", str(tmp_path / "missing.jsonl"), "--out", str(tmp_path / "x"))
+    assert bad.returncode == 2 and "missing.jsonl" in bad.stderr
