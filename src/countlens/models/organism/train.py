@@ -141,14 +141,15 @@ def build_model(recipe: Recipe, tokenizer):
 
 
 def train(out: str | Path, recipe: Recipe | None = None, *, progress: bool = True,
-          final_eval_n: int = 2000) -> dict:
+          final_eval_n: int = 2000, threads: int | None = None) -> dict:
     """Train (resuming from `out/checkpoint.pt` when present) and save an HF folder in `out`."""
     from tqdm.auto import tqdm
 
     recipe = recipe or Recipe()
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    torch.set_num_threads(max(1, min(os.cpu_count() or 1, 8)))
+    # One thread is far more robust than two when anything else shares a 2-core machine.
+    torch.set_num_threads(threads or max(1, min(os.cpu_count() or 1, 8)))
     tokenizer = build_tokenizer()
     lex = load_lexicon("clean-v1")
     model = build_model(recipe, tokenizer)

@@ -1,0 +1,362 @@
+"""Steering: add count directions to the residual stream and measure where the answer goes.
+
+Vectors per layer, from activations of *training* examples at the answer position (`last`):
+  mean-diff  means[M] - means[N] (class means of the residual stream); for N -> N+1 each
+             example gets the vector of its own true N (CAA-style, Rimsky et al. 2023)
+  one-more   one label-free direction per layer: the average consecutive class-mean difference
+  probe      the logistic probe's weight difference coef[N+1] - coef[N], rescaled to the norm of
+             the matching mean-diff vector so that scales compare
+  random     a seeded Gaussian direction rescaled to the mean-diff vector's norm (the control)
+Scale s adds s x vector (s = 1: the full class-mean difference). Evaluation is on held-out
+examples (never those the vectors came from): the distribution over the count tokens at the
+answer position (score mode), and at the chosen settings greedy generation, parsed.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+
+from countlens.bench.parse import parse_lenient
+from countlens.data.templates import Template
+from countlens.errors import InputError
+from countlens.interp.sites import Site, add, capture
+from countlens.models.handle import ModelHandle, pad_left
+from countlens.stats import bootstrap_ci
+
+VECTORS = ("mean-diff", "one-more", "probe", "random")
+DEFAULT_SCALES = (-2.0, -1.0, -0.5, 0.0, 0.5, 1.0, 1.5, 2.0, 3.0)
+
+
+@dataclass
+class SteerOptions:
+    layers: tuple | None = None          # default: "emb" and every block
+    scales: tuple[float, ...] = DEFAULT_SCALES
+    positions: str = "last"              # last | from-list | all
+    vectors: tuple[str, ...] = ("mean-diff", "one-more", "probe", "random")
+    train_frac: float = 0.5
+    batch_size: int = 64
+    generate: bool = True
+    max_new_tokens: int = 6
+    n_boot: int = 1000
+    seed: int = 0
+    template: str | None = None
+
+
+@dataclass
+class Encoded:
+    """Held-out or training examples, tokenised, with the positions steering can use."""
+    ids: list[list[int]]
+    answers: np.ndarray
+    list_start: list[int]   # first token of the first list word (unpadded index)
+    rows: list[dict] = field(default_factory=list)
+
+
+@dataclass
+class SteerResult:
+    table: pd.DataFrame          # per example x vector x layer x scale: answer, expected, p_target...
+    summary: dict
+    transitions: dict            # name -> [K+1, K+1] counts (true N x steered answer)
+
+    def to_frame(self) -> pd.DataFrame:
+        return self.table
+
+    def plot(self, out_dir: str | Path = ".") -> list[Path]:
+        from countlens.report.steer_figures import steer_figures
+
+        return steer_figures(self.table, self.summary, self.transitions, out_dir)
+
+
+def encode_rows(handle: ModelHandle, rows: list[dict], template: Template) -> Encoded:
+    from countlens.data.pairs import word_char_span
+
+    ids, starts = [], []
+    for r in rows:
+        prompt = template.render(r["category"], r["word_list"])
+        formatted = handle.format(prompt)
+        text = formatted + template.answer_prefix
+        enc = handle.tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+        at = formatted.find(prompt)
+        s, _ = word_char_span(template, r["category"], r["word_list"], 0)
+        first = next(i for i, (a, b) in enumerate(enc["offset_mapping"]) if b > at + s)
+        ids.append(list(enc["input_ids"]))
+        starts.append(first)
+    return Encoded(ids=ids, answers=np.array([r["answer"] for r in rows]), list_start=starts, rows=rows)
+
+
+@torch.no_grad()
+def collect_last(handle: ModelHandle, enc: Encoded, layers: list, batch_size: int) -> dict[Any, np.ndarray]:
+    """Residual stream at the answer position for every layer: {layer: [n, d] float32}."""
+    sites = [Site("resid", layer) for layer in layers]
+    out: dict[Any, list[np.ndarray]] = {layer: [] for layer in layers}
+    for i in range(0, len(enc.ids), batch_size):
+        batch = pad_left(enc.ids[i:i + batch_size], handle.pad_id, handle.device)
+        last = torch.full((batch["input_ids"].shape[0], 1), batch["input_ids"].shape[1] - 1)
+        with capture(handle, sites, positions=last) as st:
+            handle.model(**batch)
+        for layer, site in zip(layers, sites):
+            out[layer].append(st[site][:, 0].float().numpy())
+    return {layer: np.concatenate(v) for layer, v in out.items()}
+
+
+@dataclass
+class LayerVectors:
+    classes: np.ndarray
+    means: np.ndarray            # [K, d]
+    slope: np.ndarray            # [d]
+    probe_coef: np.ndarray       # [K, d] in raw units
+    rng_dirs: np.ndarray         # [K, d] unit random directions (seeded)
+
+    def vector(self, kind: str, n_from: int, m_to: int) -> np.ndarray:
+        k = list(self.classes)
+        md = self.means[k.index(m_to)] - self.means[k.index(n_from)]
+        if kind == "mean-diff":
+            return md
+        norm = float(np.linalg.norm(md))
+        if kind == "one-more":
+            return self.slope * (m_to - n_from)
+        if kind == "probe":
+            d = self.probe_coef[k.index(m_to)] - self.probe_coef[k.index(n_from)]
+            return d / max(float(np.linalg.norm(d)), 1e-12) * norm
+        if kind == "random":
+            return self.rng_dirs[k.index(n_from)] * norm
+        raise InputError(f"unknown vector '{kind}' (choose from {', '.join(VECTORS)})")
+
+
+def fit_vectors(X: np.ndarray, y: np.ndarray, seed: int, layer_index: int) -> LayerVectors:
+    """Class means, the one-more slope and a standardised logistic probe mapped back to raw units."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.preprocessing import StandardScaler
+
+    classes = np.unique(y)
+    means = np.stack([X[y == c].mean(0) for c in classes])
+    diffs = np.diff(means, axis=0)
+    slope = diffs.mean(0) if len(diffs) else np.zeros(X.shape[1])
+    scaler = StandardScaler().fit(X)
+    clf = LogisticRegression(max_iter=500, C=1.0).fit(scaler.transform(X), y)
+    coef = clf.coef_ / np.where(scaler.scale_ > 0, scaler.scale_, 1.0)
+    rng = np.random.default_rng([seed, layer_index])
+    r = rng.standard_normal((len(classes), X.shape[1]))
+    r /= np.linalg.norm(r, axis=1, keepdims=True)
+    return LayerVectors(classes, means, slope, coef, r)
+
+
+@torch.no_grad()
+def count_logprobs(handle: ModelHandle, enc: Encoded, idx: list[int], count_tokens: list[int],
+                   site: Site | None = None, vectors: np.ndarray | None = None, scale: float = 0.0,
+                   positions: str = "last") -> torch.Tensor:
+    """log P over the count tokens at the answer position, steered by per-example vectors [B, d]."""
+    batch = pad_left([enc.ids[i] for i in idx], handle.pad_id, handle.device)
+    W = batch["input_ids"].shape[1]
+    if site is None or scale == 0.0 or vectors is None:
+        logits = handle.model(**batch).logits[:, -1]
+    else:
+        v = torch.as_tensor(vectors, dtype=torch.float32)
+        with _add_rows(handle, site, v * scale, enc, idx, W, positions):
+            logits = handle.model(**batch).logits[:, -1]
+    return torch.log_softmax(logits.float(), -1)[:, count_tokens].cpu()
+
+
+def _add_rows(handle, site: Site, v: torch.Tensor, enc: Encoded, idx: list[int], W: int, positions: str,
+              prefill_only: bool = False):
+    """Add per-row vectors v [B, d] at the chosen positions (during generation: prompt end onwards)."""
+    from countlens.interp.sites import hook
+
+    starts = torch.tensor([W - len(enc.ids[i]) + enc.list_start[i] for i in idx])
+
+    def fn(x):
+        vv = v.to(x.device, x.dtype)[:, None, :]
+        T = x.shape[1]
+        if T == 1:  # a generation step: every new token lies after the prompt
+            return x + vv
+        pos = torch.arange(T, device=x.device)[None, :]
+        if positions == "last":
+            m = pos == (T - 1)
+        elif positions == "from-list":
+            m = pos >= starts.to(x.device)[:, None]
+        else:
+            m = torch.ones_like(pos, dtype=torch.bool).expand(x.shape[0], T)
+        return x + vv * m[..., None].to(x.dtype)
+    return hook(handle, site, fn)
+
+
+@torch.no_grad()
+def generate_steered(handle, enc, idx, site, vectors, scale, positions, max_new_tokens, prefix) -> list[int | None]:
+    batch = pad_left([enc.ids[i] for i in idx], handle.pad_id, handle.device)
+    W = batch["input_ids"].shape[1]
+    import contextlib
+    ctx = _add_rows(handle, site, torch.as_tensor(vectors, dtype=torch.float32) * scale, enc, idx, W, positions) \
+        if scale != 0.0 else contextlib.nullcontext()
+    with ctx:
+        out = handle.model.generate(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                                    max_new_tokens=max_new_tokens, do_sample=False, eos_token_id=handle.stop_ids,
+                                    pad_token_id=handle.pad_id)
+    texts = handle.tokenizer.batch_decode(out[:, W:], skip_special_tokens=True)
+    return [parse_lenient(prefix + t) for t in texts]
+
+
+def _layer_key(layer) -> int:
+    return -1 if layer == "emb" else int(layer)
+
+
+def run_steering(handle: ModelHandle, rows: list[dict], opts: SteerOptions | None = None,
+                 progress: Callable[[int], None] | None = None) -> SteerResult:
+    """Fit vectors on the first `train_frac` of rows, sweep layers x scales x vectors on the rest."""
+    opts = opts or SteerOptions()
+    for v in opts.vectors:
+        if v not in VECTORS:
+            raise InputError(f"--vector: unknown '{v}' (choose from mean-diff, probe, both, or {', '.join(VECTORS)})")
+    if opts.positions not in ("last", "from-list", "all"):
+        raise InputError(f"--positions must be last, from-list or all (got '{opts.positions}')")
+    tpl = handle.template(opts.template)
+    n_train = int(len(rows) * opts.train_frac)
+    train_rows, test_rows = rows[:n_train], rows[n_train:]
+    if len(test_rows) < 10 or n_train < 10:
+        raise InputError(f"need at least 10 training and 10 held-out examples (got {n_train} and {len(test_rows)})")
+    K = int(max(r["answer"] for r in rows))
+    count_tokens = [a[0] for a in handle.answer_tokens(K, tpl.answer_prefix)]
+    layers = list(opts.layers) if opts.layers else ["emb", *range(handle.n_layers)]
+    layers = ["emb" if str(x) == "emb" else int(x) for x in layers]
+    bad = [x for x in layers if x != "emb" and not 0 <= x < handle.n_layers]
+    if bad:
+        raise InputError(f"--layers: {bad} out of range (the model has blocks 0..{handle.n_layers - 1} and emb)")
+    train, test = encode_rows(handle, train_rows, tpl), encode_rows(handle, test_rows, tpl)
+    acts = collect_last(handle, train, layers, opts.batch_size)
+    vecs = {layer: fit_vectors(acts[layer], train.answers, opts.seed, i) for i, layer in enumerate(layers)}
+    # Evaluate N -> N+1 on held-out examples with N < K.
+    eval_idx = [i for i in range(len(test.ids)) if test.answers[i] < K]
+    chunks = [eval_idx[i:i + opts.batch_size] for i in range(0, len(eval_idx), opts.batch_size)]
+    base_lp = torch.cat([count_logprobs(handle, test, c, count_tokens) for c in chunks])
+    base_ans = base_lp.argmax(-1).numpy()
+    records = []
+    for layer in layers:
+        site = Site("resid", layer)
+        for kind in opts.vectors:
+            per_ex = np.stack([vecs[layer].vector(kind, int(test.answers[i]), int(test.answers[i]) + 1)
+                               for i in eval_idx])
+            for scale in opts.scales:
+                lp = base_lp if scale == 0.0 else torch.cat([
+                    count_logprobs(handle, test, c, count_tokens, site,
+                                   per_ex[j0:j0 + len(c)], scale, opts.positions)
+                    for j0, c in zip(range(0, len(eval_idx), opts.batch_size), chunks)])
+                p = lp.exp()
+                ans = lp.argmax(-1).numpy()
+                expected = (p * torch.arange(K + 1)).sum(-1).numpy() / p.sum(-1).numpy()
+                for j, i in enumerate(eval_idx):
+                    n = int(test.answers[i])
+                    records.append((test.rows[i].get("id", str(i)), n, kind, str(layer), float(scale), int(ans[j]),
+                                    float(expected[j]), float(p[j, n + 1]), int(base_ans[j]),
+                                    float(p[j].sum())))
+            if progress:
+                progress(1)
+    table = pd.DataFrame(records, columns=["example", "n", "vector", "layer", "scale", "answer", "expected",
+                                           "p_target", "base_answer", "count_mass"])
+    table["target"] = table.n + 1
+    table["success"] = (table.answer == table.target).astype(float)
+    table["shift"] = table.answer - table.base_answer
+    summary, transitions = summarize(table, layers, handle.n_layers, opts, K)
+    if opts.generate:
+        summary["generate"] = _generate_checks(handle, test, eval_idx, vecs, summary, opts, tpl.answer_prefix)
+    summary |= {"n_train": n_train, "n_test": len(test_rows), "n_eval": len(eval_idx), "max_count": K,
+                "layers": [str(x) for x in layers], "options": asdict(opts), "unsteered_accuracy":
+                float((base_ans == test.answers[eval_idx]).mean())}
+    return SteerResult(table=table, summary=summary, transitions=transitions)
+
+
+def _best(t: pd.DataFrame, layers: list[str]) -> dict | None:
+    s = t[t.layer.isin(layers) & (t.scale > 0)].groupby(["layer", "scale"]).success.mean()
+    if s.empty:
+        return None
+    (layer, scale), rate = s.idxmax(), float(s.max())
+    return {"layer": "emb" if layer == "emb" else int(layer), "scale": float(scale), "success_rate": rate}
+
+
+def summarize(table: pd.DataFrame, layers: list, n_layers: int, opts: SteerOptions, K: int):
+    last = str(n_layers - 1)
+    before = [str(x) for x in layers if str(x) != last]
+    out: dict[str, Any] = {"positions": opts.positions, "scales": list(opts.scales)}
+    transitions: dict[str, list[list[int]]] = {}
+    for kind in opts.vectors:
+        if kind == "random":
+            continue
+        t = table[table.vector == kind]
+        best = _best(t, before)
+        entry: dict[str, Any] = {"best": best, "last_block": _best(t, [last]) if last in set(t.layer) else None}
+        if best is not None:
+            sel = (table.layer == str(best["layer"])) & (table.scale == best["scale"])
+            ctrl = table[sel & (table.vector == "random")]
+            cur = t[(t.layer == str(best["layer"])) & (t.scale == best["scale"])]
+            m, lo, hi = bootstrap_ci(cur.success.to_numpy(), opts.n_boot, opts.seed)
+            best |= {"ci_low": lo, "ci_high": hi,
+                     "control_success_rate": float(ctrl.success.mean()) if len(ctrl) else None,
+                     "mean_shift": float(cur["shift"].mean()),
+                     "wrong_way": float((cur["shift"] * np.sign(best["scale"]) < 0).mean()),
+                     "by_n": {str(n): float(g.success.mean()) for n, g in cur.groupby("n")}}
+            mat = np.zeros((K + 1, K + 1), dtype=int)
+            for n, a in zip(cur.n, cur.answer):
+                mat[n, a] += 1
+            transitions[kind] = mat.tolist()
+            if len(ctrl):
+                cm = np.zeros((K + 1, K + 1), dtype=int)
+                for n, a in zip(ctrl.n, ctrl.answer):
+                    cm[n, a] += 1
+                transitions[f"random@{kind}"] = cm.tolist()
+        per_layer = []
+        for layer in [str(x) for x in layers]:
+            tl = t[(t.layer == layer) & (t.scale > 0)].groupby("scale").success.mean()
+            if len(tl):
+                per_layer.append({"layer": "emb" if layer == "emb" else int(layer),
+                                  "success_rate": float(tl.max()), "scale": float(tl.idxmax())})
+        entry["per_layer"] = per_layer
+        out[kind] = entry
+    # the spec's headline keys: mean-diff N -> N+1 and its random control
+    md = out.get("mean-diff", {}).get("best") or {}
+    out["best"] = md
+    return out, transitions
+
+
+def _generate_checks(handle, test, eval_idx, vecs, summary, opts, prefix) -> list[dict]:
+    """Greedy generation at each vector's best setting (and unsteered): parse rate and success."""
+    results = []
+    settings = [("none", None, 0.0)] + [(k, summary[k]["best"]["layer"], summary[k]["best"]["scale"])
+                                         for k in opts.vectors if k in summary and summary[k].get("best")]
+    settings += [("random", s[1], s[2]) for s in settings[1:2]]
+    for kind, layer, scale in settings:
+        answers = []
+        for i0 in range(0, len(eval_idx), opts.batch_size):
+            c = eval_idx[i0:i0 + opts.batch_size]
+            if kind == "none":
+                v, site = None, Site("resid", "emb")
+            else:
+                site = Site("resid", layer)
+                v = np.stack([vecs[layer].vector(kind, int(test.answers[i]), int(test.answers[i]) + 1) for i in c])
+            answers += generate_steered(handle, test, c, site, v, scale if v is not None else 0.0, opts.positions,
+                                        opts.max_new_tokens, prefix)
+        n = test.answers[eval_idx]
+        parsed = np.array([a is not None for a in answers])
+        success = np.array([a == int(x) + 1 for a, x in zip(answers, n)])
+        results.append({"vector": kind, "layer": layer, "scale": scale, "parse_rate": float(parsed.mean()),
+                        "success_rate": float(success.mean()),
+                        "correct_rate": float(np.mean([a == int(x) for a, x in zip(answers, n)]))})
+    return results
+
+
+def save_steering(result: SteerResult, out: str | Path) -> dict:
+    """Write table.parquet, transitions.json, figures and summary.json into `out`."""
+    from countlens.io import atomic_path, write_json
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    with atomic_path(out / "table.parquet") as tmp:
+        result.table.to_parquet(tmp, index=False)
+    write_json(out / "transitions.json", result.transitions)
+    summary = result.summary | {"figures": [str(p) for p in result.plot(out)]}
+    write_json(out / "summary.json", summary)
+    return summary
