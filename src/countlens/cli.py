@@ -116,6 +116,240 @@ def data_pairs(
     emit(s, as_json, human)
 
 
+@app.command()
+def patch(
+    model: str = typer.Option("organism", "--model", help="organism, a folder, or hf:NAME."),
+    pairs: Path = typer.Option(..., "--pairs", help="Pairs JSONL from `countlens data pairs`."),
+    out: Path = typer.Option(..., "--out"),
+    n: Optional[int] = typer.Option(None, "--n", help="First N pairs."),
+    sites: str = typer.Option("resid", "--sites", help="Comma list of resid,attn,mlp,head."),
+    positions: str = typer.Option("last", "--positions", help="last | all | offsets from the end, e.g. -1,-2."),
+    direction: str = typer.Option("denoise", "--direction", help="denoise | noise | both"),
+    method: str = typer.Option("fast", "--method", help="fast (KV-cache reuse) | reference (full forwards)."),
+    generate: bool = typer.Option(False, "--generate", help="Also patch-generate-parse (the original protocol)."),
+    filter: str = typer.Option("greedy", "--filter", help="greedy | sampled | none: keep pairs answered right."),
+    k_samples: int = typer.Option(5, "--k-samples", help="Samples per prompt for --filter sampled."),
+    batch_size: int = typer.Option(16, "--batch-size", help="Pairs per batch (halved on CUDA OOM)."),
+    template: Optional[str] = typer.Option(None, "--template", help="Default: the model's native template."),
+    prompt_format: str = typer.Option("auto", "--prompt-format", help="auto | chat | raw"),
+    device: Optional[str] = typer.Option(None, "--device"),
+    dtype: Optional[str] = typer.Option(None, "--dtype", help="float32 | bfloat16 | float16"),
+    device_map: Optional[str] = typer.Option(None, "--device-map", help="e.g. auto for several GPUs."),
+    as_json: bool = JSON,
+) -> None:
+    """Activation patching across sites x layers x positions (x heads)."""
+    from tqdm.auto import tqdm
+
+    from countlens.interp.patching import PatchOptions, load_pairs, run_patching, save_result
+    from countlens.models.handle import load
+
+    dirs = ("denoise", "noise") if direction == "both" else (direction,)
+    opts = PatchOptions(sites=tuple(s.strip() for s in sites.split(",") if s.strip()), positions=positions,
+                        directions=dirs, method=method, batch_size=batch_size, filter=filter,
+                        k_samples=k_samples, generate=generate, template=template)
+    pair_rows = load_pairs(pairs, n)
+    handle = load(model, device=device, dtype=dtype, device_map=device_map, prompt_format=prompt_format)
+    with tqdm(total=len(pair_rows) * len(dirs), desc="patch", unit="pair", file=sys.stderr) as bar:
+        result = run_patching(handle, pair_rows, opts, progress=bar.update)
+    summary = save_result(result, out) | {"out": str(out), "model": model}
+    curve = "  ".join(f"{e['layer']}:{e['mean']:.2f}" for e in summary["per_layer"])
+    emit(summary, as_json, f"kept {summary['kept_pairs']}/{summary['total_pairs']} pairs "
+                           f"(dropped_misaligned {summary['dropped_misaligned']}); {summary['direction']} "
+                           f"normalised effect by layer (resid, last position): {curve}\nwrote {out}")
+
+
+@app.command()
+def acts(
+    model: str = typer.Option("organism", "--model", help="organism, a folder, or hf:NAME."),
+    data: Path = typer.Option(..., "--data", help="JSONL dataset."),
+    out: Path = typer.Option(..., "--out", help="Store folder (resumable: rerun to continue)."),
+    sites: str = typer.Option("resid", "--sites", help="Comma list of resid,attn,mlp,head (or resid.3)."),
+    positions: str = typer.Option("last,items", "--positions", help="Comma list of last,items,prefix."),
+    layers: Optional[str] = typer.Option(None, "--layers", help="Comma list, e.g. emb,0,5 (default: all)."),
+    n: Optional[int] = typer.Option(None, "--n", help="First N rows only."),
+    batch_size: int = typer.Option(16, "--batch-size"),
+    chunk_size: int = typer.Option(256, "--chunk-size", help="Examples per flushed chunk (the resume unit)."),
+    template: Optional[str] = typer.Option(None, "--template", help="Default: each row's, else the model's."),
+    lexicon: str = typer.Option("clean-v1", "--lexicon", help="For match flags when rows lack match_positions."),
+    prompt_format: str = typer.Option("auto", "--prompt-format", help="auto | chat | raw"),
+    device: Optional[str] = typer.Option(None, "--device"),
+    dtype: Optional[str] = typer.Option(None, "--dtype", help="float32 | bfloat16 | float16"),
+    device_map: Optional[str] = typer.Option(None, "--device-map", help="e.g. auto for several GPUs."),
+    as_json: bool = JSON,
+) -> None:
+    """Collect activations (float16, memory-mapped) at the last token, each list word, the category."""
+    from countlens.interp.acts import collect_activations
+
+    s = collect_activations(model, data, out, sites=sites, positions=positions,
+                            layers=[x for x in layers.split(",") if x] if layers else None, n=n,
+                            batch_size=batch_size, chunk_size=chunk_size, template=template, lexicon=lexicon,
+                            device=device, dtype=dtype, device_map=device_map,
+                            prompt_format=prompt_format).to_dict()
+    emit(s, as_json, f"{'complete' if s['complete'] else 'partial'}: {s['done_examples']}/{s['n_examples']} "
+                     f"examples, {s['n_rows']} rows x {len(s['sites'])} sites ({s['bytes_on_disk'] / 2**20:.1f} MiB)"
+                     f" in {out} ({s['seconds']} s" + (f", resumed at {s['resumed_from']})" if s["resumed_from"]
+                                                        else ")"))
+
+
+@app.command()
+def probe(
+    acts_dir: Optional[Path] = typer.Option(None, "--acts", help="Store from `countlens acts`."),
+    model: Optional[str] = typer.Option(None, "--model", help="Without --acts: collect from this model first."),
+    data: Optional[Path] = typer.Option(None, "--data", help="Without --acts: the JSONL dataset."),
+    out: Path = typer.Option(..., "--out", help="Folder for probes.parquet, summary.json, directions/, figures/."),
+    split: str = typer.Option("random", "--split", help="random | category | length"),
+    folds: int = typer.Option(5, "--folds", help="k-fold CV; 1 = one held-out split of --test-size."),
+    test_size: float = typer.Option(0.2, "--test-size"),
+    sites: Optional[str] = typer.Option(None, "--sites", help="Site kinds or names (default: all in the store; "
+                                        "resid when collecting)."),
+    positions: Optional[str] = typer.Option(None, "--positions", help="last,items,prefix (default: all in the "
+                                            "store; last,items when collecting)."),
+    controls: str = typer.Option(",".join(("majority", "control", "shuffled", "input")), "--controls",
+                                 help="Comma list of majority,control,shuffled,input."),
+    n: Optional[int] = typer.Option(None, "--n", help="First N examples only."),
+    c: float = typer.Option(1.0, "--C", help="Logistic regression inverse penalty."),
+    alpha: Optional[float] = typer.Option(None, "--alpha", help="Ridge penalty (default: n_features)."),
+    n_boot: int = typer.Option(1000, "--n-boot", help="Bootstrap resamples for the CIs."),
+    seed: int = typer.Option(0, "--seed"),
+    n_jobs: Optional[int] = typer.Option(None, "--n-jobs", help="Parallel workers over layers (default: CPUs)."),
+    batch_size: int = typer.Option(16, "--batch-size", help="When collecting."),
+    template: Optional[str] = typer.Option(None, "--template", help="When collecting."),
+    prompt_format: str = typer.Option("auto", "--prompt-format", help="When collecting: auto | chat | raw"),
+    device: Optional[str] = typer.Option(None, "--device"),
+    dtype: Optional[str] = typer.Option(None, "--dtype"),
+    device_map: Optional[str] = typer.Option(None, "--device-map", help="When collecting, e.g. auto."),
+    no_figures: bool = typer.Option(False, "--no-figures"),
+    as_json: bool = JSON,
+) -> None:
+    """Linear probes per site x layer x position with controls, CIs, running count and directions."""
+    from countlens.interp.probes import run_probes
+    from countlens.io import write_json
+
+    collect = {}
+    if acts_dir is None:
+        collect = {"batch_size": batch_size, "template": template, "prompt_format": prompt_format,
+                   "device": device, "dtype": dtype, "device_map": device_map}
+    res = run_probes(acts_dir, model=model, data=data, out=out, split=split, folds=folds, test_size=test_size,
+                     sites=sites, positions=positions, controls=[x for x in controls.split(",") if x], n=n, C=c,
+                     alpha=alpha, n_boot=n_boot, seed=seed, n_jobs=n_jobs, **collect)
+    s = res.summary
+    if not no_figures:
+        from countlens.report.probe_figures import write_probe_figures
+
+        s["figures"] = write_probe_figures(res, out / "figures")
+        write_json(out / "summary.json", s)
+    f = lambda v: "  -  " if v is None else f"{v:.3f}"  # noqa: E731
+    lines = [f"probes on {s['n_examples']} examples ({s['site']}, last position, split {s['split']}, "
+             f"{s['folds']} folds); 95% CIs over examples",
+             "layer   accuracy [CI]           control  selectivity  R2"]
+    for r in s["per_layer"]:
+        lines.append(f"{str(r['layer']):<7} {f(r['accuracy'])} [{f(r['ci_low'])}, {f(r['ci_high'])}]  "
+                     f"{f(r['control_accuracy'])}    {f(r['selectivity'])}        {f(r['r2'])}")
+    if s.get("majority"):
+        lines.append(f"majority class {f(s['majority']['accuracy'])}")
+    if s.get("input_baseline"):
+        lines.append(f"input only (bag of words) {f(s['input_baseline']['accuracy'])} "
+                     f"[{f(s['input_baseline']['ci_low'])}, {f(s['input_baseline']['ci_high'])}]")
+    if s.get("best_layer"):
+        b = s["best_layer"]
+        lines.append(f"best layer {b['layer']}: accuracy {f(b['accuracy'])}, selectivity {f(b['selectivity'])}, "
+                     f"R2 {f(b['r2'])}")
+    if s.get("running_count"):
+        rc = s["running_count"]
+        best_by_word = [max((row[i] for row in rc["accuracy"] if row[i] is not None), default=None)
+                        for i in range(len(rc["items"]))]
+        lines.append("running count, best accuracy over layers by word: "
+                     + " ".join(f(v) for v in best_by_word))
+    lines.append(f"wrote {out}/summary.json, probes.parquet, predictions.parquet, directions/"
+                 + ("" if no_figures else ", figures/"))
+    emit(s, as_json, "\n".join(lines))
+
+
+@app.command()
+def steer(
+    model: str = typer.Option("organism", "--model", help="organism, a folder, or hf:NAME."),
+    data: Path = typer.Option(..., "--data", help="Examples JSONL (first part fits vectors, rest evaluates)."),
+    out: Path = typer.Option(..., "--out"),
+    n: Optional[int] = typer.Option(None, "--n", help="First N rows."),
+    layers: Optional[str] = typer.Option(None, "--layers", help="Comma list, e.g. emb,0,2 (default: all)."),
+    scales: Optional[str] = typer.Option(None, "--scales", help="Comma list of scales (both signs)."),
+    positions: str = typer.Option("last", "--positions", help="last | from-list | all"),
+    vector: str = typer.Option("both", "--vector", help="mean-diff | probe | both (one-more and random always)."),
+    train_frac: float = typer.Option(0.5, "--train-frac", help="Share of rows used to fit the vectors."),
+    generate: bool = typer.Option(True, "--generate/--no-generate", help="Greedy generation at the best settings."),
+    batch_size: int = typer.Option(64, "--batch-size"),
+    template: Optional[str] = typer.Option(None, "--template"),
+    prompt_format: str = typer.Option("auto", "--prompt-format"),
+    device: Optional[str] = typer.Option(None, "--device"),
+    dtype: Optional[str] = typer.Option(None, "--dtype"),
+    device_map: Optional[str] = typer.Option(None, "--device-map"),
+    seed: int = typer.Option(0, "--seed"),
+    as_json: bool = JSON,
+) -> None:
+    """Steer the count: add mean-difference / probe directions, sweep layers x scales, with a random control."""
+    from tqdm.auto import tqdm
+
+    from countlens.data.schema import read_examples
+    from countlens.interp.steering import DEFAULT_SCALES, SteerOptions, run_steering, save_steering
+    from countlens.models.handle import load
+
+    kinds = {"both": ("mean-diff", "probe"), "mean-diff": ("mean-diff",), "probe": ("probe",)}.get(vector)
+    if kinds is None:
+        raise InputError(f"--vector must be mean-diff, probe or both (got '{vector}')")
+    try:
+        scale_list = tuple(float(s) for s in scales.split(",")) if scales else DEFAULT_SCALES
+    except ValueError:
+        raise InputError(f"--scales must be numbers separated by commas (got '{scales}')") from None
+    if 0.0 not in scale_list:
+        scale_list = (0.0, *scale_list)
+    layer_list = tuple(x.strip() for x in layers.split(",")) if layers else None
+    rows = [ex.row() for _, ex in read_examples(data, n)]
+    handle = load(model, device=device, dtype=dtype, device_map=device_map, prompt_format=prompt_format)
+    opts = SteerOptions(layers=layer_list, scales=scale_list, positions=positions,
+                        vectors=(*kinds, "one-more", "random"), train_frac=train_frac, generate=generate,
+                        batch_size=batch_size, template=template, seed=seed)
+    n_layers = len(layer_list) if layer_list else handle.n_layers + 1
+    with tqdm(total=n_layers * len(opts.vectors), desc="steer", file=sys.stderr) as bar:
+        result = run_steering(handle, rows, opts, progress=bar.update)
+    summary = save_steering(result, out) | {"out": str(out), "model": model}
+    b = summary["best"]
+    human = (f"mean-diff N->N+1: best layer {b.get('layer')} scale {b.get('scale')}: success "
+             f"{b.get('success_rate', float('nan')):.1%} (random vector of equal norm: "
+             f"{b.get('control_success_rate') or 0:.1%}); wrote {out}")
+    emit(summary, as_json, human)
+
+
+@app.command()
+def run(
+    config: Optional[Path] = typer.Argument(None, help="Study config YAML (start one with --print-config)."),
+    model: Optional[str] = typer.Option(None, "--model", help="organism, a folder, or hf:NAME."),
+    out: Path = typer.Option(Path("runs/study"), "--out"),
+    preset: Optional[str] = typer.Option(None, "--preset", help="quick (default) | seed | full"),
+    template: Optional[str] = typer.Option(None, "--template", help="Built-in name or YAML/JSON template file."),
+    prompt_format: Optional[str] = typer.Option(None, "--prompt-format", help="auto | chat | raw"),
+    device: Optional[str] = typer.Option(None, "--device"),
+    dtype: Optional[str] = typer.Option(None, "--dtype"),
+    device_map: Optional[str] = typer.Option(None, "--device-map"),
+    force: Optional[list[str]] = typer.Option(None, "--force", help="Rerun a stage (repeatable)."),
+    print_config: bool = typer.Option(False, "--print-config", help="Print the resolved config YAML and exit."),
+    as_json: bool = JSON,
+) -> None:
+    """The whole study: data -> pairs -> bench -> patch -> probes -> steer -> report.html."""
+    from countlens.study.config import build_config, to_yaml
+    from countlens.study.run import run_study
+
+    cfg = build_config(config, preset, model=model, template=template, prompt_format=prompt_format,
+                       device=device, dtype=dtype, device_map=device_map)
+    if print_config:
+        sys.stdout.write(to_yaml(cfg))
+        return
+    result = run_study(cfg, out, force=tuple(force or ()))
+    summary = {"report": str(result.report), "report_md": str(out / "report.md"), "out": str(out),
+               "skipped": result.skipped, "timings": result.timings, "preset": cfg.preset, "model": cfg.model}
+    emit(summary, as_json, f"stages run: {', '.join(result.timings)}; skipped (already done): "
+                           f"{', '.join(result.skipped) or 'none'}\nreport: {result.report}")
+
+
 @organism_app.command("train")
 def organism_train(
     out: Path = typer.Option(..., "--out", help="Folder for the HF model, tokenizer, curve, checkpoint."),
@@ -126,6 +360,7 @@ def organism_train(
     d_model: int = typer.Option(128, "--d-model"),
     n_layers: int = typer.Option(4, "--n-layers"),
     eval_n: int = typer.Option(2000, "--eval-n", help="Fresh examples for the final greedy accuracy."),
+    threads: Optional[int] = typer.Option(None, "--threads", help="Torch threads (1 is robust on a busy machine)."),
     as_json: bool = JSON,
 ) -> None:
     """Train the organism from scratch (resumes from OUT/checkpoint.pt)."""
@@ -133,7 +368,7 @@ def organism_train(
 
     recipe = Recipe(seed=seed, steps=steps, phase_a_steps=min(phase_a_steps, steps), target_template=template,
                     d_model=d_model, n_layers=n_layers)
-    meta = train(out, recipe, final_eval_n=eval_n)
+    meta = train(out, recipe, final_eval_n=eval_n, threads=threads)
     summary = {"out": str(out), "template": meta["template"], "accuracy": meta["accuracy"],
                "steps": meta["steps"], "train_minutes": meta["train_minutes"]}
     emit(summary, as_json, f"organism in {out}: {meta['accuracy']:.2%} greedy on {eval_n} fresh "
@@ -167,6 +402,46 @@ def organism_path_cmd() -> None:
     from countlens.models.registry import organism_path
 
     sys.stdout.write(f"{organism_path()}\n")
+
+
+@app.command()
+def bench(
+    model: list[str] = typer.Option(..., "--model", help="SPEC, repeatable: organism, hf:NAME_OR_PATH, "
+                                    "openai:MODEL or openai:MODEL@BASE_URL, anthropic:MODEL, bedrock:MODEL_ID."),
+    data: Path = typer.Option(..., "--data", help="JSONL: ours, the original study's, or prompt+answer / input+target."),
+    n: Optional[int] = typer.Option(None, "--n", help="First N rows only."),
+    out: Path = typer.Option(..., "--out", help="Folder for records, summary.json, records.parquet, figures."),
+    mode: str = typer.Option("generate", "--mode", help="generate | score (local models: P(0..K) in one forward)."),
+    prompt_format: str = typer.Option("auto", "--prompt-format", help="auto | chat | raw."),
+    concurrency: int = typer.Option(8, "--concurrency", help="Parallel requests (API models)."),
+    rpm: Optional[float] = typer.Option(None, "--rpm", help="Requests per minute limit (API models)."),
+    max_new_tokens: int = typer.Option(8, "--max-new-tokens"),
+    prefill: bool = typer.Option(False, "--prefill", help="Start the reply with '(' where the backend allows."),
+    system: Optional[str] = typer.Option(None, "--system", help="System prompt (default: none)."),
+    device: Optional[str] = typer.Option(None, "--device"),
+    dtype: Optional[str] = typer.Option(None, "--dtype", help="float32 | bfloat16 | float16 | auto."),
+    device_map: Optional[str] = typer.Option(None, "--device-map", help="e.g. auto, to spread over GPUs."),
+    batch_size: int = typer.Option(64, "--batch-size", help="Local models."),
+    timeout: float = typer.Option(60.0, "--timeout", help="Per request, seconds (API models)."),
+    max_retries: int = typer.Option(6, "--max-retries", help="Retries on 429/5xx/timeouts (API models)."),
+    no_figures: bool = typer.Option(False, "--no-figures"),
+    as_json: bool = JSON,
+) -> None:
+    """Benchmark models on counting prompts: resumable, concurrent, with slices and CIs."""
+    from countlens.bench.display import RichProgress, tables
+    from countlens.bench.runner import run_bench
+
+    s = run_bench(model, data, out, n=n, mode=mode, prompt_format=prompt_format, concurrency=concurrency, rpm=rpm,
+                  max_new_tokens=max_new_tokens, prefill=prefill, system=system, device=device, dtype=dtype,
+                  device_map=device_map, batch_size=batch_size, timeout=timeout, max_retries=max_retries,
+                  figures=not no_figures, progress=RichProgress())
+    if as_json:
+        emit(s.to_dict() | {"out": str(out)}, True)
+    else:
+        from rich.console import Console
+
+        Console(width=max(Console().width, 140)).print(tables(s))
+        sys.stdout.write(f"wrote {out}/summary.json, records.parquet, records.sqlite and figures\n")
 
 
 def main() -> None:

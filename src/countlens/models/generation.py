@@ -15,10 +15,24 @@ def _by_length(lengths: list[int], batch_size: int) -> list[list[int]]:
     return [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
 
 
+def _new_token_counts(new: torch.Tensor, stop_ids: list[int]) -> list[int]:
+    """Generated tokens per row, up to and including the first end-of-turn token."""
+    counts = []
+    for row in new.tolist():
+        stop = next((k for k, t in enumerate(row) if t in stop_ids), None)
+        counts.append(len(row) if stop is None else stop + 1)
+    return counts
+
+
 @torch.no_grad()
 def greedy_generate(handle: ModelHandle, texts: list[str], max_new_tokens: int = 8, batch_size: int = 64,
-                    progress: Callable[[int], None] | None = None) -> list[str]:
-    """Greedy completions of already formatted texts, stopping at end-of-turn."""
+                    progress: Callable[[int], None] | None = None,
+                    on_batch: Callable[[list[int], list[str], list[int]], None] | None = None) -> list[str]:
+    """Greedy completions of already formatted texts, stopping at end-of-turn.
+
+    `on_batch(indices, completions, new_token_counts)` runs after each batch, so a caller can
+    store finished results at once instead of at the end.
+    """
     seqs = [handle.encode_text(t) for t in texts]
     out: list[str] = [""] * len(texts)
     for idx in _by_length([len(s) for s in seqs], batch_size):
@@ -29,6 +43,8 @@ def greedy_generate(handle: ModelHandle, texts: list[str], max_new_tokens: int =
         new = gen[:, batch["input_ids"].shape[1]:]
         for j, i in enumerate(idx):
             out[i] = handle.tokenizer.decode(new[j], skip_special_tokens=True)
+        if on_batch:
+            on_batch(idx, [out[i] for i in idx], _new_token_counts(new, handle.stop_ids))
         if progress:
             progress(len(idx))
     return out
@@ -36,27 +52,36 @@ def greedy_generate(handle: ModelHandle, texts: list[str], max_new_tokens: int =
 
 @torch.no_grad()
 def answer_logprobs(handle: ModelHandle, texts: list[str], answers: list[list[int]], batch_size: int = 64,
-                    progress: Callable[[int], None] | None = None) -> torch.Tensor:
+                    progress: Callable[[int], None] | None = None,
+                    on_batch: Callable[[list[int], torch.Tensor], None] | None = None) -> torch.Tensor:
     """log P(answer k | text) for every k, shape [len(texts), len(answers)], in float32.
 
     One forward per prompt for single-token answers; answers of several tokens are scored by
-    the summed log-probability of their tokens, teacher-forced (one extra forward per length).
+    the summed log-probability of their tokens, teacher-forced (one extra forward per shared prefix).
+    `on_batch(indices, rows)` runs after each batch so a caller can store results at once.
     """
     seqs = [handle.encode_text(t) for t in texts]
     result = torch.empty(len(texts), len(answers))
-    multi = [k for k, a in enumerate(answers) if len(a) > 1]
+    # Multi-token answers sharing all but their last token (10..19 after "1") share one forward.
+    groups: dict[tuple[int, ...], list[int]] = {}
+    for k, a in enumerate(answers):
+        if len(a) > 1:
+            groups.setdefault(tuple(a[:-1]), []).append(k)
     first = torch.tensor([a[0] for a in answers])
     for idx in _by_length([len(s) for s in seqs], batch_size):
         batch = pad_left([seqs[i] for i in idx], handle.pad_id, handle.device)
         logits = handle.model(**batch).logits[:, -1].float()
         lp = torch.log_softmax(logits, -1).cpu()
         result[idx] = lp[:, first]
-        for k in multi:
-            ext = pad_left([seqs[i] + answers[k][:-1] for i in idx], handle.pad_id, handle.device)
-            n = len(answers[k])
+        for prefix, ks in groups.items():
+            ext = pad_left([seqs[i] + list(prefix) for i in idx], handle.pad_id, handle.device)
+            n = len(prefix) + 1
             lps = torch.log_softmax(handle.model(**ext).logits[:, -n:].float(), -1).cpu()
-            tgt = torch.tensor(answers[k])
-            result[idx, k] = lps[:, torch.arange(n), tgt].sum(-1)
+            for k in ks:
+                tgt = torch.tensor(answers[k])
+                result[idx, k] = lps[:, torch.arange(n), tgt].sum(-1)
+        if on_batch:
+            on_batch(idx, result[idx])
         if progress:
             progress(len(idx))
     return result

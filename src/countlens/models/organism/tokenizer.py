@@ -16,7 +16,7 @@ from countlens.data.templates import builtin_templates
 
 BOS, EOS, PAD, UNK = "<s>", "<|end|>", "<pad>", "<unk>"
 ROLES = ["<|system|>", "<|user|>", "<|assistant|>"]
-EXTRA_WORDS = ["Word", "yes", "no"]  # auxiliary membership examples
+EXTRA_WORDS = ["Word", "yes", "no", "none"]  # auxiliary membership and naming examples
 CHAT_TEMPLATE = (
     "{{ bos_token }}{% for m in messages %}<|{{ m['role'] }}|>\n{{ m['content'] }}<|end|>\n{% endfor %}"
     "{% if add_generation_prompt %}<|assistant|>\n{% endif %}"

@@ -28,6 +28,7 @@ from countlens.models.prompts import encode, format_prompt
 
 EVAL_SEED = 918_273  # held-out examples; never used to draw training data
 AUX_PROMPT = "Type: {category}\nWord: {word}\nAnswer: "
+NAMING_PROMPT = "Word: {word}\nType: "
 
 
 @dataclass
@@ -42,6 +43,7 @@ class Recipe:
     batch: int = 64
     warmup: int = 200
     aux_frac: float = 0.3
+    naming_frac: float = 0.5       # share of auxiliary batches that name a word's category instead
     curriculum_steps: int = 3600   # phase A: max list length grows from 2 to 10
     phase_a_steps: int = 5000      # phase A on the short template
     steps: int = 11000             # total (phase B = steps - phase_a_steps)
@@ -58,7 +60,16 @@ class Recipe:
 def sample_batch(rng: random.Random, recipe: Recipe, step: int, tokenizer, lex) -> tuple[list[list[int]], list[int]]:
     """Token ids and completion start of one training batch (a single task per batch)."""
     cats = list(lex.categories)
-    if rng.random() < recipe.aux_frac:
+    aux = rng.random() < recipe.aux_frac
+    naming = aux and rng.random() < recipe.naming_frac
+    if naming:
+        # "Word: apple / Type: (fruit)": the lexicon itself, as pretraining teaches an LLM what a fruit is
+        items = []
+        for _ in range(recipe.batch):
+            w = rng.choice(lex.words)
+            places = lex.places(w)
+            items.append((NAMING_PROMPT.replace("{word}", w), f"({places[0] if places[0] != 'noise' else 'none'})"))
+    elif aux:
         items = []
         for _ in range(recipe.batch):
             cat = rng.choice(cats)
@@ -135,7 +146,8 @@ def build_model(recipe: Recipe, tokenizer):
     config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=recipe.d_model, intermediate_size=recipe.d_mlp,
                          num_hidden_layers=recipe.n_layers, num_attention_heads=recipe.n_heads,
                          num_key_value_heads=recipe.n_heads, max_position_embeddings=512,
-                         tie_word_embeddings=True, bos_token_id=tokenizer.bos_token_id,
+                         tie_word_embeddings=True, initializer_range=recipe.d_model ** -0.5,
+                         bos_token_id=tokenizer.bos_token_id,
                          eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
     return LlamaForCausalLM(config)
 

@@ -1,0 +1,91 @@
+"""The benchmark's result objects: what summary.json holds, as pydantic models."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel
+
+
+class SliceStat(BaseModel):
+    n: int
+    accuracy: float
+    accuracy_strict: float
+    ci_low: float
+    ci_high: float
+    p_correct: float | None = None   # score mode
+
+
+class Confusion(BaseModel):
+    """Rows: true count; columns: predicted count, then `none` (parse or API error)."""
+
+    true: list[int]
+    pred: list[int | str]
+    matrix: list[list[int]]
+
+
+class Tokens(BaseModel):
+    input: int = 0
+    output: int = 0
+    reasoning: int = 0
+    requests: int = 0
+    attempts: int = 0
+
+
+class ScoreStats(BaseModel):
+    p_correct: float
+    mean_expected_count: float
+    mean_expected_error: float
+    ece: float
+    mean_confidence: float
+
+
+class ModelMetrics(BaseModel):
+    model: str
+    mode: str
+    n: int
+    completed: int
+    accuracy: float
+    accuracy_strict: float
+    ci_low: float
+    ci_high: float
+    parse_error_rate: float
+    numerical_error_rate: float
+    api_error_rate: float
+    mean_signed_error: float | None
+    by_count: dict[str, SliceStat]
+    by_list_length: dict[str, SliceStat]
+    by_category: dict[str, SliceStat]
+    confusion: Confusion
+    tokens: Tokens
+    score: ScoreStats | None = None
+
+
+class Comparison(BaseModel):
+    """Paired on the examples both models answered: a minus b."""
+
+    model_a: str
+    model_b: str
+    n: int
+    accuracy_a: float
+    accuracy_b: float
+    difference: float
+    ci_low: float
+    ci_high: float
+    bootstrap_p: float
+    mcnemar_b: int
+    mcnemar_c: int
+    mcnemar_p: float
+
+
+class BenchSummary(BaseModel):
+    models: list[ModelMetrics]
+    comparisons: list[Comparison]
+    config: dict[str, Any]
+    files: dict[str, Any] = {}
+
+    def to_dict(self) -> dict[str, Any]:
+        return self.model_dump(mode="json")
+
+    def model_by_name(self, spec: str) -> ModelMetrics:
+        return next(m for m in self.models if m.model == spec)

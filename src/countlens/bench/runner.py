@@ -1,0 +1,164 @@
+"""`run_bench`: examples x models -> durable records -> summary.json, records.parquet, figures.
+
+Each model's pending examples (those without a finished record under the same key) go to its
+backend; every group of results is stored the moment it finishes, so a rerun of the same
+command resumes, and a crash or `kill -9` loses nothing that was finished.
+"""
+
+from __future__ import annotations
+
+import gc
+import json
+from dataclasses import asdict, replace
+from pathlib import Path
+from typing import Any
+
+from countlens.backends import ApiOptions, GenSettings, RetryPolicy, make_backend, parse_spec
+from countlens.backends.base import Backend, Completion, Scored
+from countlens.backends.spec import ModelSpec
+from countlens.bench.data import BenchExample, load_examples
+from countlens.bench.metrics import comparisons, model_metrics
+from countlens.bench.parse import PARSER_VERSION
+from countlens.bench.progress import NoProgress, Progress, TqdmProgress
+from countlens.bench.records import Record, from_completion, from_scored, key_fields, record_key
+from countlens.bench.results import BenchSummary
+from countlens.bench.stats import N_BOOT, SEED
+from countlens.bench.store import RecordStore
+from countlens.errors import InputError
+from countlens.io import atomic_path, write_json
+
+MODES = ("generate", "score")
+STORE_NAME, SUMMARY_NAME, RECORDS_NAME = "records.sqlite", "summary.json", "records.parquet"
+
+
+def _specs(models: list[str] | str, mode: str) -> list[ModelSpec]:
+    specs = [parse_spec(m) for m in ([models] if isinstance(models, str) else list(models))]
+    if not specs:
+        raise InputError("give at least one --model")
+    labels = [s.label for s in specs]
+    dup = next((x for x in labels if labels.count(x) > 1), None)
+    if dup:
+        raise InputError(f"--model {dup} is given twice")
+    if mode == "score":
+        api = [s.label for s in specs if s.is_api]
+        if api:
+            raise InputError(f"--mode score needs local models (organism, hf:...): {', '.join(api)} "
+                             f"{'is an API model' if len(api) == 1 else 'are API models'}; use --mode generate")
+    return specs
+
+
+def _run_model(backend: Backend, label: str, examples: list[BenchExample], mode: str, settings: GenSettings,
+               k_max: int, store: RecordStore, progress: Progress) -> list[Record]:
+    """Ask the backend for every example without a finished record; store each result at once."""
+    identity = backend.identity()
+    fields = [key_fields(identity, ex, mode, settings, k_max if mode == "score" else None) for ex in examples]
+    keys = [record_key(f) for f in fields]
+    done = store.finished(keys)
+    todo = [i for i, k in enumerate(keys) if k not in done]
+    progress.start(label, len(examples), len(examples) - len(todo))
+    try:
+        if todo:
+            prompts = [examples[i].prompt for i in todo]
+            if mode == "score":
+                def on_scored(items: list[tuple[int, Scored]]) -> None:
+                    store.put(from_scored(label, examples[todo[j]], fields[todo[j]], s) for j, s in items)
+                    progress.advance(len(items))
+
+                backend.score(prompts, k_max, settings, on_scored)
+            else:
+                def on_done(items: list[tuple[int, Completion]]) -> None:
+                    store.put(from_completion(label, examples[todo[j]], fields[todo[j]], c) for j, c in items)
+                    progress.advance(len(items))
+
+                backend.generate(prompts, settings, on_done)
+    finally:
+        progress.finish()
+    got = store.get(keys)
+    # Another SPEC naming the same weights shares records; results carry this run's name.
+    return [replace(got[k], model=label) for k in keys if k in got]
+
+
+def write_records(path: Path, records: dict[str, list[Record]]) -> None:
+    """The tidy table: one row per (model, example)."""
+    import pandas as pd
+
+    rows = []
+    for recs in records.values():
+        for r in recs:
+            d = asdict(r)
+            d["key_fields"] = json.dumps(d["key_fields"], sort_keys=True)
+            rows.append(d)
+    df = pd.DataFrame(rows, columns=list(Record.__dataclass_fields__))
+    with atomic_path(path) as tmp:
+        df.to_parquet(tmp, index=False)
+
+
+def run_bench(models: list[str] | str, data: str | Path, out: str | Path, *, n: int | None = None,
+              mode: str = "generate", prompt_format: str = "auto", concurrency: int = 8, rpm: float | None = None,
+              max_new_tokens: int = 8, prefill: bool = False, system: str | None = None,
+              device: str | None = None, dtype: str | None = None, device_map: str | None = None,
+              batch_size: int = 64, timeout: float = 60.0, max_retries: int = 6, retry: RetryPolicy | None = None,
+              figures: bool = True, progress: bool | Progress = True) -> BenchSummary:
+    """Benchmark each model on the first `n` rows of `data`; write DIR/summary.json, records, figures.
+
+    Rerunning the same call resumes: finished records (same key) are skipped, API errors retried.
+    """
+    if mode not in MODES:
+        raise InputError(f"--mode must be one of {', '.join(MODES)}, got '{mode}'")
+    if max_new_tokens < 1:
+        raise InputError("--max-new-tokens must be at least 1")
+    specs = _specs(models, mode)
+    examples = load_examples(data, n)
+    k_max = max(ex.answer for ex in examples)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    prog: Progress = progress if not isinstance(progress, bool) else (TqdmProgress() if progress else NoProgress())
+    policy = retry or RetryPolicy(max_retries=max_retries, timeout=timeout)
+    api = ApiOptions(concurrency=concurrency, rpm=rpm, retry=policy)
+    base_settings = GenSettings(max_new_tokens=max_new_tokens, prefill=prefill, system=system)
+    store = RecordStore(out / STORE_NAME)
+    records: dict[str, list[Record]] = {}
+    model_config: list[dict[str, Any]] = []
+    try:
+        for spec in specs:
+            backend = make_backend(spec, prompt_format=prompt_format, api=api, device=device, dtype=dtype,
+                                   device_map=device_map, batch_size=batch_size)
+            settings = base_settings
+            if prefill and mode == "generate" and not backend.supports_prefill:
+                prog.note(f"{spec.label}: this backend cannot pre-fill the reply; sending the prompt unchanged")
+                settings = replace(settings, prefill=False)
+            try:
+                records[spec.label] = _run_model(backend, spec.label, examples, mode, settings, k_max, store, prog)
+                model_config.append({"model": spec.label, "identity": backend.identity(),
+                                     "prefill": settings.prefill if mode == "generate" else None})
+            finally:
+                backend.close()
+                del backend
+                gc.collect()
+    finally:
+        store.close()
+
+    summary = BenchSummary(
+        models=[model_metrics(label, mode, recs) for label, recs in records.items()],
+        comparisons=comparisons(records),
+        config={"data": str(data), "n": len(examples), "mode": mode, "prompt_format": prompt_format,
+                "max_new_tokens": max_new_tokens, "prefill": prefill, "answer_prefix": base_settings.answer_prefix,
+                "system": system, "k_max": k_max, "concurrency": concurrency, "rpm": rpm,
+                "max_retries": policy.max_retries, "timeout_s": policy.timeout, "parser_version": PARSER_VERSION,
+                "accuracy_parser": "lenient", "ci": f"percentile bootstrap, 95%, {N_BOOT} resamples, seed {SEED}",
+                "models": model_config},
+        files={"store": STORE_NAME, "records": RECORDS_NAME, "summary": SUMMARY_NAME})
+    write_records(out / RECORDS_NAME, records)
+    if figures:
+        summary.files["figures"] = _draw(summary, out)
+    write_json(out / SUMMARY_NAME, summary.to_dict())
+    return summary
+
+
+def _draw(summary: BenchSummary, out: Path) -> dict[str, object]:
+    from countlens.bench.figures import draw
+
+    return draw(summary, out)
+
+
+__all__ = ["run_bench"]

@@ -1,0 +1,1 @@
+"""The whole study in one command: config, stages, resumable runner."""

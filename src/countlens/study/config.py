@@ -1,0 +1,179 @@
+"""The study's configuration: one pydantic model, three presets, YAML in and out.
+
+Every preset keeps the controls, confidence intervals and running-count probes; presets
+only change sizes and grids.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Literal, Optional
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from countlens.errors import InputError
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class DataConfig(_Strict):
+    n: int = Field(600, ge=20)
+    seed: int = 0
+    min_len: int = 5
+    max_len: int = 10
+    max_count: int = 5
+    lexicon: str = "clean-v1"
+    file: Optional[str] = None          # use an existing JSONL instead of generating
+
+
+class PairsConfig(_Strict):
+    n: int = Field(60, ge=1)
+    change_at: Literal["first", "last", "random", "all"] = "first"
+    seed: int = 0
+
+
+class BenchConfig(_Strict):
+    n: int = Field(300, ge=1)
+    modes: list[Literal["generate", "score"]] = ["generate", "score"]
+    max_new_tokens: int = 8
+    batch_size: int = 64
+
+
+class PatchConfig(_Strict):
+    sites: list[Literal["resid", "attn", "mlp", "head"]] = ["resid", "attn", "mlp", "head"]
+    positions: str = "all"
+    directions: list[Literal["denoise", "noise"]] = ["denoise", "noise"]
+    method: Literal["fast", "reference"] = "fast"
+    generate: bool = True
+    filter: Literal["greedy", "sampled", "none"] = "greedy"
+    batch_size: int = 16
+
+
+class ProbeConfig(_Strict):
+    n: int = Field(600, ge=20)
+    sites: str = "resid"
+    positions: list[Literal["last", "items", "prefix"]] = ["last", "items"]
+    split: Literal["random", "category", "length"] = "random"
+    folds: int = 5
+    test_size: float = 0.2
+
+
+class SteerConfig(_Strict):
+    n: int = Field(600, ge=40)
+    layers: Optional[list[str]] = None
+    scales: list[float] = [-1.0, 0.0, 0.5, 1.0, 1.5, 2.0]
+    positions: Literal["last", "from-list", "all"] = "last"
+    vectors: list[Literal["mean-diff", "probe"]] = ["mean-diff", "probe"]
+    generate: bool = True
+
+
+class StudyConfig(_Strict):
+    model: str = "organism"
+    template: Optional[str] = None          # default: the model's native template (or seed-v1)
+    prompt_format: Literal["auto", "chat", "raw"] = "auto"
+    device: Optional[str] = None
+    dtype: Optional[str] = None
+    device_map: Optional[str] = None
+    preset: Literal["quick", "seed", "full"] = "quick"
+    data: DataConfig = DataConfig()
+    pairs: PairsConfig = PairsConfig()
+    bench: BenchConfig = BenchConfig()
+    patch: PatchConfig = PatchConfig()
+    probes: ProbeConfig = ProbeConfig()
+    steer: SteerConfig = SteerConfig()
+
+    def stage_hash(self, stage: str) -> str:
+        """Hash of everything that can change a stage's output (its section + model + upstream)."""
+        upstream = {"data": ["data"], "pairs": ["data", "pairs"], "bench": ["data", "bench"],
+                    "patch": ["data", "pairs", "patch"], "probes": ["data", "probes"],
+                    "steer": ["data", "steer"], "report": []}[stage]
+        d = self.model_dump()
+        key = {"model": d["model"], "template": d["template"], "prompt_format": d["prompt_format"],
+               "dtype": d["dtype"], **{s: d[s] for s in upstream}}
+        return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
+
+
+PRESETS: dict[str, dict] = {
+    "quick": {},
+    "seed": {  # the original study's protocol, on any HF model, with our controls
+        "data": {"n": 5000},
+        "pairs": {"n": 200, "change_at": "first"},
+        "bench": {"n": 1000},
+        "patch": {"sites": ["resid"], "positions": "last", "generate": True, "directions": ["denoise"]},
+        "probes": {"n": 5000, "folds": 1, "test_size": 0.2},
+        "steer": {"n": 1000},
+    },
+    "full": {
+        "data": {"n": 5000},
+        "pairs": {"n": 500, "change_at": "random"},
+        "bench": {"n": 2000},
+        "patch": {"sites": ["resid", "attn", "mlp", "head"], "positions": "all", "generate": True},
+        "probes": {"n": 5000, "sites": "resid,attn,mlp", "positions": ["last", "items", "prefix"]},
+        "steer": {"n": 2000, "positions": "last", "scales": [-2.0, -1.0, 0.0, 0.5, 1.0, 1.5, 2.0, 3.0]},
+    },
+}
+
+
+def _merge(base: dict, over: dict) -> dict:
+    out = dict(base)
+    for k, v in over.items():
+        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def build_config(file: str | Path | None = None, preset: str | None = None, **overrides) -> StudyConfig:
+    """Preset defaults, then the YAML file, then command-line overrides (None = not given)."""
+    user: dict = {}
+    if file is not None:
+        try:
+            user = yaml.safe_load(Path(file).read_text()) or {}
+        except FileNotFoundError:
+            raise InputError("file not found", file=str(file)) from None
+        except yaml.YAMLError as e:
+            mark = getattr(e, "problem_mark", None)
+            raise InputError(f"cannot parse YAML ({getattr(e, 'problem', e)})", file=str(file),
+                             line=mark.line + 1 if mark else None) from None
+        if not isinstance(user, dict):
+            raise InputError("expected a mapping", file=str(file))
+    name = preset or user.get("preset") or "quick"
+    if name not in PRESETS:
+        raise InputError(f"unknown preset '{name}' (quick, seed, full)")
+    merged = _merge(_merge({"preset": name}, PRESETS[name]), user)
+    merged = _merge(merged, {k: v for k, v in overrides.items() if v is not None})
+    merged["preset"] = name
+    try:
+        return StudyConfig.model_validate(merged)
+    except ValidationError as e:
+        err = e.errors()[0]
+        loc = ".".join(str(p) for p in err["loc"])
+        line = _line_of(file, err["loc"]) if file else None
+        raise InputError(err["msg"].lower(), file=str(file) if file else "config", line=line, field=loc) from None
+
+
+def _line_of(file, loc) -> int | None:
+    """The line of a (possibly nested) key in a YAML file, for error messages."""
+    try:
+        node = yaml.compose(Path(file).read_text())
+    except Exception:  # noqa: BLE001
+        return None
+    for key in loc:
+        if not isinstance(node, yaml.MappingNode):
+            break
+        for k, v in node.value:
+            if k.value == str(key):
+                if not isinstance(v, yaml.MappingNode):
+                    return k.start_mark.line + 1
+                node = v
+                break
+        else:
+            break
+    return node.start_mark.line + 1 if node is not None else None
+
+
+def to_yaml(cfg: StudyConfig) -> str:
+    return yaml.safe_dump(cfg.model_dump(), sort_keys=False)

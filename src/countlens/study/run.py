@@ -1,0 +1,196 @@
+"""Run the study: data -> pairs -> bench -> patch -> probes (acts inside) -> steer -> report.
+
+Each stage writes into DIR/<stage>/ and finishes by writing DIR/<stage>/stage.json with the
+hash of the config that produced it; a stage whose stage.json matches is skipped, so a
+stopped run resumes where it stopped. `force` reruns the named stages (and nothing else).
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import shutil
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from countlens.io import write_json
+from countlens.study.config import StudyConfig
+
+STAGES = ("data", "pairs", "bench", "patch", "probes", "steer", "report")
+
+
+@dataclass
+class StudyResult:
+    """What `run_study` returns: each stage's result object (with .to_frame() and .plot())."""
+    out: Path
+    config: StudyConfig
+    stages: dict[str, Any] = field(default_factory=dict)
+    timings: dict[str, float] = field(default_factory=dict)
+    skipped: list[str] = field(default_factory=list)
+
+    @property
+    def report(self) -> Path:
+        return self.out / "report.html"
+
+
+def _done(stage_dir: Path, h: str) -> bool:
+    marker = stage_dir / "stage.json"
+    return marker.exists() and json.loads(marker.read_text()).get("hash") == h
+
+
+def _template(cfg: StudyConfig, handle) -> Any:
+    return handle.template(cfg.template)
+
+
+class Study:
+    """One object holding the handle (loaded once) and the stage functions."""
+
+    def __init__(self, cfg: StudyConfig, out: Path, log: Callable[[str], None]):
+        self.cfg, self.out, self.log = cfg, out, log
+        self._handle = None
+
+    @property
+    def handle(self):
+        if self._handle is None:
+            from countlens.models.handle import load
+
+            c = self.cfg
+            self._handle = load(c.model, device=c.device, dtype=c.dtype, device_map=c.device_map,
+                                prompt_format=c.prompt_format)
+        return self._handle
+
+    @property
+    def data_file(self) -> Path:
+        return self.out / "data" / "examples.jsonl"
+
+    def data(self, d: Path) -> Any:
+        from countlens.data.generate import generate_dataset, summarize
+        from countlens.data.schema import read_examples
+
+        c = self.cfg.data
+        if c.file:
+            rows = [ex.row() for _, ex in read_examples(c.file, c.n)]
+            from countlens.io import write_jsonl
+
+            write_jsonl(self.data_file, rows)
+            summary = summarize(rows) | {"source": c.file}
+        else:
+            tpl = _template(self.cfg, self.handle)
+            summary = generate_dataset(self.data_file, c.n, c.seed, template=tpl, lexicon=c.lexicon,
+                                       min_len=c.min_len, max_len=c.max_len, max_count=c.max_count)
+        write_json(d / "summary.json", summary)
+        return summary
+
+    def pairs(self, d: Path) -> Any:
+        from countlens.data.pairs import build_pairs
+
+        c = self.cfg.pairs
+        return build_pairs(self.data_file, self.handle.tokenizer, c.n, d / "pairs.jsonl", change_at=c.change_at,
+                           seed=c.seed, lexicon=self.cfg.data.lexicon, template=_template(self.cfg, self.handle))
+
+    def bench(self, d: Path) -> Any:
+        from countlens.bench.runner import run_bench
+
+        c = self.cfg.bench
+        results = {}
+        for mode in c.modes:
+            results[mode] = run_bench([self.cfg.model], self.data_file, d / mode, n=c.n, mode=mode,
+                                      prompt_format=self.cfg.prompt_format, max_new_tokens=c.max_new_tokens,
+                                      device=self.cfg.device, dtype=self.cfg.dtype, device_map=self.cfg.device_map,
+                                      batch_size=c.batch_size, progress=False)
+        return results
+
+    def patch(self, d: Path) -> Any:
+        from countlens.interp.patching import PatchOptions, load_pairs, run_patching, save_result
+
+        c = self.cfg.patch
+        opts = PatchOptions(sites=tuple(c.sites), positions=c.positions, directions=tuple(c.directions),
+                            method=c.method, batch_size=c.batch_size, filter=c.filter, generate=c.generate,
+                            template=self.cfg.template)
+        result = run_patching(self.handle, load_pairs(self.out / "pairs" / "pairs.jsonl"), opts)
+        save_result(result, d)
+        return result
+
+    def probes(self, d: Path) -> Any:
+        from countlens.interp.probes import run_probes
+
+        c = self.cfg.probes
+        return run_probes(model=self.handle, data=self.data_file, out=d, split=c.split, folds=c.folds,
+                          test_size=c.test_size, sites=c.sites, positions=c.positions, n=c.n,
+                          template=self.cfg.template, progress=False)
+
+    def steer(self, d: Path) -> Any:
+        from countlens.data.schema import read_examples
+        from countlens.interp.steering import SteerOptions, run_steering, save_steering
+
+        c = self.cfg.steer
+        rows = [ex.row() for _, ex in read_examples(self.data_file, c.n)]
+        opts = SteerOptions(layers=tuple(c.layers) if c.layers else None, scales=tuple(c.scales),
+                            positions=c.positions, vectors=(*c.vectors, "one-more", "random"),
+                            generate=c.generate, template=self.cfg.template)
+        result = run_steering(self.handle, rows, opts)
+        save_steering(result, d)
+        return result
+
+    def report(self, d: Path) -> Any:
+        from countlens.report.html import write_report
+
+        return write_report(self.out, self.cfg)
+
+
+def environment(cfg: StudyConfig) -> dict:
+    import torch
+    import transformers
+
+    from countlens import __version__
+
+    return {"countlens": __version__, "python": platform.python_version(), "torch": torch.__version__,
+            "transformers": transformers.__version__, "platform": platform.platform(),
+            "device": cfg.device or ("cuda" if torch.cuda.is_available() else "cpu"),
+            "threads": torch.get_num_threads()}
+
+
+def run_study(cfg: StudyConfig, out: str | Path = "runs/study", *, force: tuple[str, ...] = (),
+              progress: bool = True, log: Callable[[str], None] | None = None) -> StudyResult:
+    """Run every stage not already done for this config; return the stage results."""
+    from tqdm.auto import tqdm
+
+    from countlens.errors import InputError
+    from countlens.study.config import to_yaml
+
+    bad = [s for s in force if s not in STAGES]
+    if bad:
+        raise InputError(f"--force: unknown stage(s) {bad} (stages: {', '.join(STAGES)})")
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    log = log or (lambda m: sys.stderr.write(m + "\n"))
+    (out / "config.yaml").write_text(to_yaml(cfg))
+    study = Study(cfg, out, log)
+    result = StudyResult(out=out, config=cfg)
+    timings_file = out / "timings.json"
+    timings = json.loads(timings_file.read_text()) if timings_file.exists() else {}
+    bar = tqdm(STAGES, desc="study", disable=not progress, file=sys.stderr, dynamic_ncols=True)
+    for stage in bar:
+        bar.set_postfix_str(stage)
+        d = out / stage
+        h = cfg.stage_hash(stage)
+        if stage != "report" and stage not in force and _done(d, h):
+            result.skipped.append(stage)
+            continue
+        if d.exists() and stage != "report":
+            shutil.rmtree(d)  # a half-finished or stale stage starts clean
+        d.mkdir(parents=True, exist_ok=True)
+        t0 = time.time()
+        if stage == "report":
+            write_json(out / "timings.json", timings)
+            write_json(out / "environment.json", environment(cfg))
+        result.stages[stage] = getattr(study, stage)(d)
+        timings[stage] = round(time.time() - t0, 2)
+        result.timings[stage] = timings[stage]
+        write_json(d / "stage.json", {"stage": stage, "hash": h, "seconds": timings[stage]})
+        write_json(out / "timings.json", timings)
+    return result
