@@ -14,7 +14,7 @@ from typing import Any
 
 from countlens.io import write_text
 
-Block = tuple[str, Any]  # ("h2", text) | ("p", text) | ("table", (header, rows)) | ("fig", (path, caption))
+Block = tuple[str, Any]  # ("h2", (id, text)) | ("p", text) | ("table", (header, rows)) | ("fig", (path, caption))
 
 
 def _load(path: Path) -> dict | None:
@@ -46,7 +46,7 @@ def run_section(out: Path, cfg: Any) -> list[Block]:
     env = _load(out / "environment.json") or {}
     timings = _load(out / "timings.json") or {}
     data = _load(out / "data" / "summary.json") or {}
-    blocks: list[Block] = [("h2", "What ran")]
+    blocks: list[Block] = [("h2", ("run", "What ran"))]
     rows = [["model", cfg.model], ["preset", cfg.preset], ["template", cfg.template or "model's native"],
             ["prompt format", cfg.prompt_format], ["examples", str(data.get("rows"))],
             ["data seed", str(cfg.data.seed)], ["lexicon", cfg.data.lexicon],
@@ -69,7 +69,7 @@ def _organism_meta(model: str) -> str | None:
 
 
 def bench_section(out: Path) -> list[Block]:
-    blocks: list[Block] = [("h2", "1. How well does it count? (benchmark)")]
+    blocks: list[Block] = [("h2", ("bench", "1. How well does it count? (benchmark)"))]
     rows, figs = [], []
     for mode in ("generate", "score"):
         d = out / "bench" / mode
@@ -108,7 +108,7 @@ def bench_section(out: Path) -> list[Block]:
 def patch_section(out: Path) -> list[Block]:
     d = out / "patch"
     s = _load(d / "summary.json")
-    blocks: list[Block] = [("h2", "2. Where is the count causally carried? (activation patching)")]
+    blocks: list[Block] = [("h2", ("patch", "2. Where is the count causally carried? (activation patching)"))]
     if not s:
         return blocks + [("p", "The patching stage has not run.")]
     pl = s["per_layer"]
@@ -116,9 +116,11 @@ def patch_section(out: Path) -> list[Block]:
              _pct(e.get("exact_match"))] for e in pl]
     first_half = next((e for e in pl if e["mean"] >= 0.5), None)
     blocks += [
-        ("p", f"{s['kept_pairs']} of {s['total_pairs']} minimal pairs kept (the model answers both prompts "
-              f"correctly; {s['dropped_misaligned']} dropped as misaligned). Method: {s['method']}; "
-              f"direction shown: {s['direction']}."),
+        ("p", f"{s['kept_pairs']} of {s['total_pairs']} minimal pairs kept ("
+              + ("no baseline filter" if s.get("filter") == "none" else
+                 f"the model answers both prompts correctly, filter '{s.get('filter')}'")
+              + f"; {s['dropped_misaligned']} dropped as misaligned under the model's tokenizer). "
+              f"Method: {s['method']}; direction shown: {s['direction']}."),
         ("table", (["layer", "normalised effect [95% CI]", "ratio of means", "P(target)", "argmax = target"],
                    rows)),
         ("p", f"Reading: patching the residual stream at the answer position moves the answer from 0 at "
@@ -142,7 +144,7 @@ def patch_section(out: Path) -> list[Block]:
 def probe_section(out: Path) -> list[Block]:
     d = out / "probes"
     s = _load(d / "summary.json")
-    blocks: list[Block] = [("h2", "3. Where can the count be read out? (linear probes, with controls)")]
+    blocks: list[Block] = [("h2", ("probes", "3. Where can the count be read out? (linear probes, with controls)"))]
     if not s:
         return blocks + [("p", "The probe stage has not run.")]
     pl = s.get("per_layer", [])
@@ -166,7 +168,7 @@ def probe_section(out: Path) -> list[Block]:
 def steer_section(out: Path) -> list[Block]:
     d = out / "steer"
     s = _load(d / "summary.json")
-    blocks: list[Block] = [("h2", "4. Can we move the count? (steering)")]
+    blocks: list[Block] = [("h2", ("steer", "4. Can we move the count? (steering)"))]
     if not s:
         return blocks + [("p", "The steering stage has not run.")]
     rows = []
@@ -201,7 +203,7 @@ def caveats(cfg: Any) -> list[Block]:
             "positive control (it is known to count, so every analysis must find its count) and says little "
             "about how a pretrained LLM counts: run the same study on an LLM folder for that.") if organism else \
         "Results hold for this model, template and lexicon; other prompt formats may route the count differently."
-    return [("h2", "What these numbers do not show"),
+    return [("h2", ("caveats", "What these numbers do not show")),
             ("p", text),
             ("p", "Probe accuracy is not use; patching effects are averages over pairs whose single-pair values "
                   "vary (see CIs); steering success at one layer and scale is a dose, not a mechanism.")]
@@ -218,7 +220,7 @@ def _md(blocks: list[Block], out: Path) -> str:
         if kind == "h1":
             lines.append(f"# {v}\n")
         elif kind == "h2":
-            lines.append(f"\n## {v}\n")
+            lines.append(f"\n## {v[1]}\n")
         elif kind == "p":
             lines.append(v + "\n")
         elif kind == "table":
@@ -249,8 +251,7 @@ def _html(blocks: list[Block]) -> str:
         elif kind == "h2":
             if open_section:
                 parts.append("</section>")
-            sid = v.split(" ")[0].strip(".").lower() if v[0].isdigit() else v.split(" ")[0].lower()
-            parts.append(f"<section id='s-{html.escape(sid)}'><h2>{html.escape(v)}</h2>")
+            parts.append(f"<section id='{v[0]}'><h2>{html.escape(v[1])}</h2>")
             open_section = True
         elif kind == "p":
             parts.append(f"<p>{html.escape(v)}</p>")
