@@ -71,15 +71,20 @@ def ours(handle, pairs, method: str, positions: str = "last", batch_size: int = 
 
 
 def transformer_lens_sweep(handle, enc) -> None | str:
-    """TransformerLens 4 TransformerBridge + get_act_patch_resid_pre (layers x last position)."""
+    """TransformerLens 4: TransformerBridge + patching.get_act_patch_resid_pre at the last position.
+
+    resid_pre of layer L+1 is our resid L; restricted to the last position with index_df, as ours.
+    """
     try:
+        import pandas as pd
         from transformer_lens import patching
         from transformer_lens.model_bridge import TransformerBridge
     except Exception as e:  # noqa: BLE001
         return f"not installed ({type(e).__name__})"
     bridge = getattr(handle, "_tl_bridge", None)
     if bridge is None:
-        bridge = TransformerBridge.boot_transformers(handle.path, device="cpu", dtype=torch.float32)
+        bridge = TransformerBridge.boot_transformers(handle.path, hf_model=handle.model, tokenizer=handle.tokenizer,
+                                                     device="cpu", dtype=torch.float32)
         bridge.enable_compatibility_mode()
         handle._tl_bridge = bridge
     for i in range(len(enc.ids)):
@@ -90,11 +95,8 @@ def transformer_lens_sweep(handle, enc) -> None | str:
 
         def metric(logits, hi=hi, lo=lo):
             return logits[0, -1, hi] - logits[0, -1, lo]
-        # restricted to the last position, as ours
-        patching.generic_activation_patch(
-            bridge, low, cache, metric, patching.layer_pos_patch_setter, "resid_pre",
-            index_df=__import__("pandas").DataFrame({"layer": range(handle.n_layers),
-                                                     "pos": [low.shape[1] - 1] * handle.n_layers}))
+        index = pd.DataFrame({"layer": range(handle.n_layers), "pos": [low.shape[1] - 1] * handle.n_layers})
+        patching.get_act_patch_resid_pre(bridge, low, cache, metric, index_axis_names=None, index_df=index)
     return None
 
 

@@ -72,8 +72,8 @@ def test_misaligned_candidates_are_dropped_and_counted(tmp_path):
     long_fruit = [w for w in LEX.categories["fruit"] if len(w) >= 6]
     for w in long_fruit:
         vocab.pop(w)
-        vocab.setdefault(w[:3], len(vocab))
-        vocab.setdefault(w[3:], len(vocab))
+        for piece in (w[:3], w[3:]):
+            vocab.setdefault(piece, max(vocab.values()) + 1)
     tk = Tokenizer(models.WordPiece(vocab, unk_token="[UNK]", continuing_subword_prefix=""))
     tk.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.WhitespaceSplit(),
                                                 pre_tokenizers.Punctuation(behavior="isolated")])

@@ -20,10 +20,10 @@ def test_best_layer_reads_the_count_far_above_the_input_baseline(tmp_path):
     from countlens.models.handle import load
 
     data = tmp_path / "d.jsonl"
-    generate_dataset(data, 600, seed=11)
+    generate_dataset(data, 420, seed=11)
     handle = load("organism", device="cpu")
-    collect_activations(handle, data, tmp_path / "acts", positions="last", batch_size=32, progress=False)
-    res = run_probes(tmp_path / "acts", out=tmp_path / "out", n_boot=300, progress=False, n_jobs=1)
+    collect_activations(handle, data, tmp_path / "acts", positions="last", batch_size=64, progress=False)
+    res = run_probes(tmp_path / "acts", n_boot=300, progress=False, n_jobs=1)
     s = res.summary
     assert [r["layer"] for r in s["per_layer"]] == ["emb", *range(handle.n_layers)]
     best, base = s["best_layer"], s["input_baseline"]

@@ -15,7 +15,7 @@ def planted(tmp_path_factory):
     root = tmp_path_factory.mktemp("planted")
     synthetic_store(root / "acts", n=300, d=16, n_layers=4, planted={2: 5.0},
                     positions=("last", "items", "prefix"), seed=1, max_len=6)
-    res = run_probes(root / "acts", out=root / "out", n_boot=200, progress=False, n_jobs=1)
+    res = run_probes(root / "acts", out=root / "out", n_boot=200, progress=False, n_jobs=1, figures=False)
     return root, res
 
 

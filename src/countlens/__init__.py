@@ -3,7 +3,6 @@
 The Python API mirrors the CLI: each command is one function here.
 """
 
-from countlens.bench import run_bench
 from countlens.data.generate import generate_dataset
 from countlens.data.lexicon import Lexicon, load_lexicon
 from countlens.data.pairs import build_pairs
@@ -13,7 +12,7 @@ from countlens.errors import InputError
 
 __version__ = "0.1.0"
 
-_LAZY = {"collect_activations": "countlens.interp.acts", "run_probes": "countlens.interp.probes",
+_LAZY = {"run_bench": "countlens.bench.runner", "collect_activations": "countlens.interp.acts", "run_probes": "countlens.interp.probes",
          "run_patching": "countlens.interp.patching", "run_steering": "countlens.interp.steering",
          "run_study": "countlens.study.run", "build_config": "countlens.study.config",
          "StudyConfig": "countlens.study.config", "load_model": "countlens.models.handle"}

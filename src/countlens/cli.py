@@ -196,7 +196,7 @@ def probe(
     acts_dir: Optional[Path] = typer.Option(None, "--acts", help="Store from `countlens acts`."),
     model: Optional[str] = typer.Option(None, "--model", help="Without --acts: collect from this model first."),
     data: Optional[Path] = typer.Option(None, "--data", help="Without --acts: the JSONL dataset."),
-    out: Path = typer.Option(..., "--out", help="Folder for probes.parquet, summary.json, directions/, figures/."),
+    out: Path = typer.Option(..., "--out", help="Folder for probes.parquet, summary.json, directions/, figures."),
     split: str = typer.Option("random", "--split", help="random | category | length"),
     folds: int = typer.Option(5, "--folds", help="k-fold CV; 1 = one held-out split of --test-size."),
     test_size: float = typer.Option(0.2, "--test-size"),
@@ -223,7 +223,6 @@ def probe(
 ) -> None:
     """Linear probes per site x layer x position with controls, CIs, running count and directions."""
     from countlens.interp.probes import run_probes
-    from countlens.io import write_json
 
     collect = {}
     if acts_dir is None:
@@ -231,13 +230,8 @@ def probe(
                    "device": device, "dtype": dtype, "device_map": device_map}
     res = run_probes(acts_dir, model=model, data=data, out=out, split=split, folds=folds, test_size=test_size,
                      sites=sites, positions=positions, controls=[x for x in controls.split(",") if x], n=n, C=c,
-                     alpha=alpha, n_boot=n_boot, seed=seed, n_jobs=n_jobs, **collect)
+                     alpha=alpha, n_boot=n_boot, seed=seed, n_jobs=n_jobs, figures=not no_figures, **collect)
     s = res.summary
-    if not no_figures:
-        from countlens.report.probe_figures import write_probe_figures
-
-        s["figures"] = write_probe_figures(res, out / "figures")
-        write_json(out / "summary.json", s)
     f = lambda v: "  -  " if v is None else f"{v:.3f}"  # noqa: E731
     lines = [f"probes on {s['n_examples']} examples ({s['site']}, last position, split {s['split']}, "
              f"{s['folds']} folds); 95% CIs over examples",
@@ -261,7 +255,7 @@ def probe(
         lines.append("running count, best accuracy over layers by word: "
                      + " ".join(f(v) for v in best_by_word))
     lines.append(f"wrote {out}/summary.json, probes.parquet, predictions.parquet, directions/"
-                 + ("" if no_figures else ", figures/"))
+                 + ("" if no_figures else ", probe_*.png"))
     emit(s, as_json, "\n".join(lines))
 
 

@@ -259,6 +259,12 @@ class ProbeResults:
     def to_frame(self) -> pd.DataFrame:
         return self.table
 
+    def plot(self, out_dir: str | Path | None = None) -> dict[str, str]:
+        """Accuracy by layer (with controls), running-count heatmap, confusion matrix: {name: path}."""
+        from countlens.report.probe_figures import write_probe_figures
+
+        return write_probe_figures(self, out_dir or Path("."))
+
     def per_layer(self, kind: str | None = None, position: str = "last", item: int = -1) -> pd.DataFrame:
         """Wide frame: one row per layer (emb first), one column per metric (+ _lo/_hi CIs)."""
         kind = kind or self.summary["site"]
@@ -372,13 +378,13 @@ def run_probes(acts: str | Path | None = None, *, model: Any = None, data: str |
                controls: Sequence[str] = CONTROLS, n: int | None = None, C: float = 1.0,
                alpha: float | None = None, n_boot: int = 1000, seed: int = 0, control_rate: float | None = None,
                n_jobs: int | None = None, backend: str = "loky", save_directions: bool = True,
-               progress: bool = True, **collect: Any) -> ProbeResults:
+               figures: bool = True, progress: bool = True, **collect: Any) -> ProbeResults:
     """Probe a store (`acts`), or collect one first from `model` + `data` into OUT/acts.
 
     sites: kinds ("resid") or site names ("resid.3"); default every site in the store.
     positions: default every position kind in the store. controls: any of majority, control,
-    shuffled, input. n: the first n examples. Writes OUT/probes.parquet, predictions.parquet,
-    summary.json and directions/ when `out` is given.
+    shuffled, input. n: the first n examples. With `out`: writes probes.parquet,
+    predictions.parquet, summary.json, directions/ and (if `figures`) the probe_*.png figures.
     """
     t0 = time.time()
     bad = [c for c in controls if c not in CONTROLS]
@@ -421,7 +427,7 @@ def run_probes(acts: str | Path | None = None, *, model: Any = None, data: str |
     res.summary = summarise(res, meta)
     res.summary["seconds"] = round(time.time() - t0, 2)
     if out is not None:
-        _write(res, Path(out), results if save_directions else [])
+        _write(res, Path(out), results if save_directions else [], figures)
     return res
 
 
@@ -481,7 +487,7 @@ def _run_tasks(root: str, site_names: list[str], cells: list[Cell], examples: pd
     return out[:-1], out[-1]
 
 
-def _write(res: ProbeResults, out: Path, results: list[dict]) -> None:
+def _write(res: ProbeResults, out: Path, results: list[dict], figures: bool = True) -> None:
     out.mkdir(parents=True, exist_ok=True)
     write_parquet(out / "probes.parquet", res.table)
     write_parquet(out / "predictions.parquet", res.predictions)
@@ -509,6 +515,8 @@ def _write(res: ProbeResults, out: Path, results: list[dict]) -> None:
         write_layout(out / "directions", saved)
         res.files["directions"] = str(out / "directions")
     res.summary["files"] = res.files
+    if figures:
+        res.summary["figures"] = res.plot(out)
     write_json(out / "summary.json", res.summary)
 
 

@@ -32,7 +32,7 @@ from countlens.models.handle import ModelHandle, pad_left
 from countlens.stats import bootstrap_ci
 
 VECTORS = ("mean-diff", "one-more", "probe", "random")
-DEFAULT_SCALES = (-2.0, -1.0, -0.5, 0.0, 0.5, 1.0, 1.5, 2.0, 3.0)
+DEFAULT_SCALES = (-2.0, -1.0, -0.5, 0.0, 0.5, 1.0, 1.5, 2.0, 2.5, 3.0, 4.0)
 
 
 @dataclass

@@ -37,6 +37,9 @@ def accuracy_by_layer(results: Any, path: str | Path) -> Path:
         ax.plot(x, w["dom_accuracy"], "^-", color="tab:purple", alpha=0.6, ms=4, label="difference of means (1-D)")
     if s.get("majority"):
         ax.axhline(s["majority"]["accuracy"], color="black", lw=1, ls="--", label="majority class")
+        if s["majority"].get("control_accuracy") is not None:
+            ax.axhline(s["majority"]["control_accuracy"], color="tab:red", lw=0.8, ls=":",
+                       label="majority class of the control task")
     if s.get("input_baseline"):
         ib = s["input_baseline"]
         ax.axhline(ib["accuracy"], color="tab:green", lw=1.2, label="input only (bag of words)")

@@ -66,7 +66,7 @@ class ProbeConfig(_Strict):
 class SteerConfig(_Strict):
     n: int = Field(600, ge=40)
     layers: Optional[list[str]] = None
-    scales: list[float] = [-1.0, 0.0, 0.5, 1.0, 1.5, 2.0]
+    scales: list[float] = [-1.0, 0.0, 1.0, 2.0, 3.0]
     positions: Literal["last", "from-list", "all"] = "last"
     vectors: list[Literal["mean-diff", "probe"]] = ["mean-diff", "probe"]
     generate: bool = True
@@ -114,7 +114,7 @@ PRESETS: dict[str, dict] = {
         "bench": {"n": 2000},
         "patch": {"sites": ["resid", "attn", "mlp", "head"], "positions": "all", "generate": True},
         "probes": {"n": 5000, "sites": "resid,attn,mlp", "positions": ["last", "items", "prefix"]},
-        "steer": {"n": 2000, "positions": "last", "scales": [-2.0, -1.0, 0.0, 0.5, 1.0, 1.5, 2.0, 3.0]},
+        "steer": {"n": 2000, "positions": "last", "scales": [-2.0, -1.0, 0.0, 0.5, 1.0, 1.5, 2.0, 2.5, 3.0, 4.0]},
     },
 }
 
