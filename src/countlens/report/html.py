@@ -90,7 +90,8 @@ def bench_section(out: Path) -> list[Block]:
                     blocks.append(("p", "By list length: " + ", ".join(
                         f"{k}: {_pct(v.get('accuracy') if isinstance(v, dict) else v)}" for k, v in byl.items())))
             else:
-                extra = {k: m.get(k) for k in ("p_correct", "expected_count_error", "ece") if k in m}
+                extra = {k: v for k, v in (m.get("score") or {}).items()
+                         if k in ("p_correct", "mean_expected_error", "ece", "mean_confidence")}
                 if extra:
                     blocks.append(("p", "Score mode (one forward per prompt): " + ", ".join(
                         f"{k.replace('_', ' ')} {_num(v, 3)}" for k, v in extra.items())))

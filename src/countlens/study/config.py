@@ -32,7 +32,7 @@ class DataConfig(_Strict):
 
 
 class PairsConfig(_Strict):
-    n: int = Field(60, ge=1)
+    n: int = Field(40, ge=1)
     change_at: Literal["first", "last", "random", "all"] = "first"
     seed: int = 0
 
@@ -47,7 +47,7 @@ class BenchConfig(_Strict):
 class PatchConfig(_Strict):
     sites: list[Literal["resid", "attn", "mlp", "head"]] = ["resid", "attn", "mlp", "head"]
     positions: str = "all"
-    directions: list[Literal["denoise", "noise"]] = ["denoise", "noise"]
+    directions: list[Literal["denoise", "noise"]] = ["denoise"]
     method: Literal["fast", "reference"] = "fast"
     generate: bool = True
     filter: Literal["greedy", "sampled", "none"] = "greedy"
@@ -112,7 +112,8 @@ PRESETS: dict[str, dict] = {
         "data": {"n": 5000},
         "pairs": {"n": 500, "change_at": "random"},
         "bench": {"n": 2000},
-        "patch": {"sites": ["resid", "attn", "mlp", "head"], "positions": "all", "generate": True},
+        "patch": {"sites": ["resid", "attn", "mlp", "head"], "positions": "all", "generate": True,
+                  "directions": ["denoise", "noise"]},
         "probes": {"n": 5000, "sites": "resid,attn,mlp", "positions": ["last", "items", "prefix"]},
         "steer": {"n": 2000, "positions": "last", "scales": [-2.0, -1.0, 0.0, 0.5, 1.0, 1.5, 2.0, 2.5, 3.0, 4.0]},
     },
