@@ -19,7 +19,7 @@ $(STAMP): pyproject.toml
 	@touch $(STAMP)
 
 demo: setup
-	$(BIN)/countlens demo
+	$(BIN)/countlens run --preset quick --out runs/demo
 
 test: setup
 	$(BIN)/python -m pytest
