@@ -87,5 +87,18 @@ class BenchSummary(BaseModel):
     def to_dict(self) -> dict[str, Any]:
         return self.model_dump(mode="json")
 
+    def to_frame(self):
+        """One row per model: the headline metrics (slices stay in `models[i]`)."""
+        import pandas as pd
+
+        keep = ("model", "mode", "n", "accuracy", "accuracy_strict", "ci_low", "ci_high", "parse_error_rate",
+                "numerical_error_rate", "api_error_rate", "mean_signed_error")
+        return pd.DataFrame([{k: getattr(m, k, None) for k in keep} for m in self.models])
+
+    def plot(self, out: Any = ".") -> dict[str, object]:
+        from countlens.bench.figures import draw
+
+        return draw(self, out)
+
     def model_by_name(self, spec: str) -> ModelMetrics:
         return next(m for m in self.models if m.model == spec)
