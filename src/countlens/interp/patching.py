@@ -168,7 +168,7 @@ def _batch_fast(handle, base, src, mask, pos, positions, starts, configs, answer
     B, W = base.shape
     R = len(configs)
     hi, lo, tgt = answers
-    out = kvcache.forward(model, input_ids=base, attention_mask=mask, position_ids=pos)
+    out = kvcache.forward(model, input_ids=base, attention_mask=mask, position_ids=pos, last_logits=True)
     clean_base = _reduce(out.logits[:, -1], hi, lo, tgt)
     kv = kvcache.kv_tensors(kvcache.output_cache(out))
     # Source run: shares the base's tokens (hence KV) before min(start, positions).
@@ -183,17 +183,22 @@ def _batch_fast(handle, base, src, mask, pos, positions, starts, configs, answer
                 acts[site] = x[:, rel.to(x.device)].detach()
             stack.enter_context(hook(handle, site, grab))
         sout = kvcache.forward(model, cache=kvcache.build_cache(kv, cfg, cs), input_ids=src[:, cs:],
-                               attention_mask=mask, position_ids=pos[:, cs:])
+                               attention_mask=mask, position_ids=pos[:, cs:], last_logits=True)
     clean_src = _reduce(sout.logits[:, -1], hi, lo, tgt)
-    patched = torch.empty(B, len(positions), R, 4)
-    rows = torch.arange(B).repeat_interleave(R)
+    # Before a pair's first changed token its two prompts agree, so a patch there is an exact
+    # no-op: those rows are the clean base run and are not recomputed.
+    patched = clean_base[:, None, None, :].repeat(1, len(positions), R, 1)
     for j, p in enumerate(positions):
+        active = torch.tensor([b for b in range(B) if starts[b] <= p], dtype=torch.long)
+        if not len(active):
+            continue
+        rows = active.repeat_interleave(R)
         cache = kvcache.build_cache(kv, cfg, p, rows)
-        pacts = {s: a[:, j] for s, a in acts.items()}
-        with _row_patch_hooks(handle, configs, R, 0, pacts, 0, B):
+        pacts = {s: a[active, j] for s, a in acts.items()}
+        with _row_patch_hooks(handle, configs, R, 0, pacts, 0, len(active)):
             o = kvcache.forward(model, cache=cache, input_ids=base[rows, p:],
-                                attention_mask=mask[rows], position_ids=pos[rows, p:])
-        patched[:, j] = _reduce(o.logits[:, -1], hi[rows], lo[rows], tgt[rows]).view(B, R, 4)
+                                attention_mask=mask[rows], position_ids=pos[rows, p:], last_logits=True)
+        patched[active, j] = _reduce(o.logits[:, -1], hi[rows], lo[rows], tgt[rows]).view(len(active), R, 4)
     return clean_base, clean_src, patched
 
 
@@ -203,7 +208,11 @@ def _batch_reference(handle, base, src, mask, pos, positions, starts, configs, a
     model = handle.model
     B, W = base.shape
     hi, lo, tgt = answers
-    clean_base = _reduce(model(input_ids=base, attention_mask=mask, position_ids=pos).logits[:, -1], hi, lo, tgt)
+
+    def full(ids):  # a plain full forward (no cache), logits at the last position only
+        return kvcache.forward(model, input_ids=ids, attention_mask=mask, position_ids=pos, last_logits=True,
+                               use_cache=False).logits[:, -1]
+    clean_base = _reduce(full(base), hi, lo, tgt)
     acts: dict[Site, torch.Tensor] = {}
     import contextlib
     with contextlib.ExitStack() as stack:
@@ -211,14 +220,13 @@ def _batch_reference(handle, base, src, mask, pos, positions, starts, configs, a
             def grab(x, site=site):
                 acts[site] = x.detach()
             stack.enter_context(hook(handle, site, grab))
-        clean_src = _reduce(model(input_ids=src, attention_mask=mask, position_ids=pos).logits[:, -1], hi, lo, tgt)
+        clean_src = _reduce(full(src), hi, lo, tgt)
     patched = torch.empty(B, len(positions), len(configs), 4)
     for j, p in enumerate(positions):
         for r, cfg in enumerate(configs):
             pacts = {s: a[:, p] for s, a in acts.items()}
             with _row_patch_hooks(handle, [cfg], 1, 0, pacts, p, B):
-                o = model(input_ids=base, attention_mask=mask, position_ids=pos)
-            patched[:, j, r] = _reduce(o.logits[:, -1], hi, lo, tgt)
+                patched[:, j, r] = _reduce(full(base), hi, lo, tgt)
     return clean_base, clean_src, patched
 
 
