@@ -63,7 +63,7 @@ def original_protocol(handle, enc, max_new_tokens: int = 8) -> None:
                                       do_sample=False, eos_token_id=handle.stop_ids, pad_token_id=handle.pad_id)
 
 
-def ours(handle, pairs, method: str, positions: str = "last", batch_size: int = 16) -> None:
+def ours(handle, pairs, method: str, positions: str = "last", batch_size: int = 32) -> None:
     from countlens.interp.patching import PatchOptions, run_patching
 
     run_patching(handle, pairs, PatchOptions(sites=("resid",), positions=positions, method=method, filter="none",
@@ -154,6 +154,8 @@ def bench_model(path: str, n_pairs: int, repeats: int, grid: bool, tmp: Path, te
     row["target_last"] = 0.8 * (L + 1) / 2
     row["fast_vs_reference"] = row["reference_s"] / row["fast_s"]
     row["fast_vs_original"] = row["original_s"] / row["fast_s"]
+    row["original_ms_per_pair"] = 1000 * row["original_s"] / len(pairs)
+    row["fast_ms_per_pair"] = 1000 * row["fast_s"] / len(pairs)
     if row.get("transformer_lens_s"):
         row["fast_vs_transformer_lens"] = row["transformer_lens_s"] / row["fast_s"]
     if grid:
