@@ -12,7 +12,8 @@ from countlens.errors import InputError
 
 __version__ = "0.1.0"
 
-_LAZY = {"run_bench": "countlens.bench.runner", "collect_activations": "countlens.interp.acts", "run_probes": "countlens.interp.probes",
+_LAZY = {"run_bench": "countlens.bench.runner", "collect_activations": "countlens.interp.acts",
+         "run_probes": "countlens.interp.probes",
          "run_patching": "countlens.interp.patching", "run_steering": "countlens.interp.steering",
          "run_study": "countlens.study.run", "build_config": "countlens.study.config",
          "StudyConfig": "countlens.study.config", "load_model": "countlens.models.handle"}

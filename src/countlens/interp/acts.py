@@ -16,7 +16,6 @@ memory stays bounded by one batch. See `countlens.interp.store` for the layout o
 from __future__ import annotations
 
 import hashlib
-import inspect
 import json
 import sys
 import time
@@ -36,7 +35,7 @@ from countlens.data.templates import Template, builtin_templates, load_template
 from countlens.errors import InputError
 from countlens.interp.sites import KINDS, Site, capture
 from countlens.interp.store import FORMAT, POSITION_KINDS, ActStore, StoreWriter, site_file
-from countlens.models.handle import ModelHandle, load, pad_left, weights_hash
+from countlens.models.handle import ModelHandle, keep_logits, load, pad_left, weights_hash
 
 F16_MAX = 65504.0
 
@@ -242,11 +241,8 @@ def parse_positions(spec: str | Sequence[str]) -> list[str]:
 
 def forward(handle: ModelHandle, batch: dict[str, torch.Tensor]) -> Any:
     """One no-grad forward that skips the full-sequence logits when the model allows it."""
-    kwargs: dict[str, Any] = {"use_cache": False}
-    if "logits_to_keep" in inspect.signature(handle.model.forward).parameters:
-        kwargs["logits_to_keep"] = 1
     with torch.inference_mode():
-        return handle.model(**batch, **kwargs)
+        return handle.model(**batch, use_cache=False, **keep_logits(handle.model))
 
 
 def batches(rows: list[PromptRow], batch_size: int) -> list[list[PromptRow]]:

@@ -13,6 +13,8 @@ from typing import Any
 
 import torch
 
+from countlens.models.handle import keep_logits
+
 
 @lru_cache(maxsize=None)
 def _cache_kwarg(cls: type) -> str:
@@ -20,21 +22,15 @@ def _cache_kwarg(cls: type) -> str:
     return "cache" if "cache" in params else "past_key_values"
 
 
-@lru_cache(maxsize=None)
-def _keeps_logits(cls: type) -> bool:
-    return "logits_to_keep" in inspect.signature(cls.forward).parameters
-
-
 def forward(model: Any, cache: Any | None = None, last_logits: bool = False, **kwargs: Any) -> Any:
     """model(**kwargs) with `cache` passed under this transformers version's name, use_cache on.
 
-    last_logits: compute the vocabulary projection at the last position only (a 150 k-word
-    vocabulary is ~15 % of a 1.5 B model's forward, wasted when only the last position is read).
+    last_logits: project onto the vocabulary at the last position only (`keep_logits`).
     """
     if cache is not None:
         kwargs[_cache_kwarg(type(model))] = cache
-    if last_logits and _keeps_logits(type(model)):
-        kwargs["logits_to_keep"] = 1
+    if last_logits:
+        kwargs |= keep_logits(model)
     kwargs.setdefault("use_cache", True)
     return model(**kwargs)
 

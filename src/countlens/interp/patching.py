@@ -31,9 +31,9 @@ import torch
 from countlens.bench.parse import parse_lenient
 from countlens.errors import InputError
 from countlens.interp import kvcache
-from countlens.interp.sites import Site, gather_positions, hook, n_heads
+from countlens.interp.sites import Site, hook, n_heads
 from countlens.io import read_jsonl
-from countlens.models.handle import ModelHandle, pad_left
+from countlens.models.handle import ModelHandle, keep_logits, pad_left
 from countlens.stats import bootstrap_ci
 
 SITE_KINDS = ("resid", "attn", "mlp", "head")
@@ -323,7 +323,7 @@ def baseline_keep(handle: ModelHandle, enc: EncodedPairs, opts: PatchOptions) ->
         ok = torch.ones(len(idx), dtype=torch.bool)
         for seqs, toks in ((enc.low, enc.tok_low), (enc.high, enc.tok_high)):
             batch = pad_left([seqs[i] for i in idx], 0, handle.device)
-            logits = handle.model(**batch).logits[:, -1].float().cpu()
+            logits = handle.model(**batch, **keep_logits(handle.model)).logits[:, -1].float().cpu()
             want = torch.tensor([toks[i] for i in idx])
             if opts.filter == "sampled":
                 gen = torch.Generator().manual_seed(opts.seed)

@@ -14,8 +14,7 @@ answer position (score mode), and at the chosen settings greedy generation, pars
 
 from __future__ import annotations
 
-import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -27,8 +26,8 @@ import torch
 from countlens.bench.parse import parse_lenient
 from countlens.data.templates import Template
 from countlens.errors import InputError
-from countlens.interp.sites import Site, add, capture
-from countlens.models.handle import ModelHandle, pad_left
+from countlens.interp.sites import Site, capture
+from countlens.models.handle import ModelHandle, keep_logits, pad_left
 from countlens.stats import bootstrap_ci
 
 VECTORS = ("mean-diff", "one-more", "probe", "random")
@@ -156,11 +155,11 @@ def count_logprobs(handle: ModelHandle, enc: Encoded, idx: list[int], count_toke
     batch = pad_left([enc.ids[i] for i in idx], handle.pad_id, handle.device)
     W = batch["input_ids"].shape[1]
     if site is None or scale == 0.0 or vectors is None:
-        logits = handle.model(**batch).logits[:, -1]
+        logits = handle.model(**batch, **keep_logits(handle.model)).logits[:, -1]
     else:
         v = torch.as_tensor(vectors, dtype=torch.float32)
         with _add_rows(handle, site, v * scale, enc, idx, W, positions):
-            logits = handle.model(**batch).logits[:, -1]
+            logits = handle.model(**batch, **keep_logits(handle.model)).logits[:, -1]
     return torch.log_softmax(logits.float(), -1)[:, count_tokens].cpu()
 
 

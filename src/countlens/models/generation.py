@@ -6,7 +6,7 @@ from collections.abc import Callable
 
 import torch
 
-from countlens.models.handle import ModelHandle, pad_left
+from countlens.models.handle import ModelHandle, keep_logits, pad_left
 
 
 def _by_length(lengths: list[int], batch_size: int) -> list[list[int]]:
@@ -50,15 +50,6 @@ def greedy_generate(handle: ModelHandle, texts: list[str], max_new_tokens: int =
     return out
 
 
-def _keep(handle: ModelHandle, n: int) -> dict:
-    """Ask for the last `n` positions' logits only, where the model supports it: with a
-    150k-token vocabulary the full [batch, seq, vocab] logits would dwarf the forward itself."""
-    import inspect
-
-    params = inspect.signature(handle.model.forward).parameters
-    return {"logits_to_keep": n} if "logits_to_keep" in params else {}
-
-
 @torch.no_grad()
 def answer_logprobs(handle: ModelHandle, texts: list[str], answers: list[list[int]], batch_size: int = 64,
                     progress: Callable[[int], None] | None = None,
@@ -79,13 +70,14 @@ def answer_logprobs(handle: ModelHandle, texts: list[str], answers: list[list[in
     first = torch.tensor([a[0] for a in answers])
     for idx in _by_length([len(s) for s in seqs], batch_size):
         batch = pad_left([seqs[i] for i in idx], handle.pad_id, handle.device)
-        logits = handle.model(**batch, **_keep(handle, 1)).logits[:, -1].float()
+        logits = handle.model(**batch, **keep_logits(handle.model, 1)).logits[:, -1].float()
         lp = torch.log_softmax(logits, -1).cpu()
         result[idx] = lp[:, first]
         for prefix, ks in groups.items():
             ext = pad_left([seqs[i] + list(prefix) for i in idx], handle.pad_id, handle.device)
             n = len(prefix) + 1
-            lps = torch.log_softmax(handle.model(**ext, **_keep(handle, n)).logits[:, -n:].float(), -1).cpu()
+            ext_logits = handle.model(**ext, **keep_logits(handle.model, n)).logits[:, -n:]
+            lps = torch.log_softmax(ext_logits.float(), -1).cpu()
             for k in ks:
                 tgt = torch.tensor(answers[k])
                 result[idx, k] = lps[:, torch.arange(n), tgt].sum(-1)
