@@ -3,6 +3,7 @@ import subprocess
 import sys
 
 import pytest
+import torch
 
 from conftest import run_cli
 from countlens.bench.parse import parse_strict
@@ -51,15 +52,45 @@ def test_a_short_training_run_lowers_the_loss(tmp_path):
     from countlens.models.organism.train import Recipe, train
 
     r = Recipe(steps=160, phase_a_steps=120, curriculum_steps=100, eval_every=40, eval_n=32, d_model=32,
-               n_layers=2, n_heads=2, d_mlp=64, warmup=10, min_steps_b=1000)
+               n_layers=2, n_heads=2, d_mlp=64, warmup=10, min_steps_b=1000, iit_steps=40)
     meta = train(tmp_path / "org", r, progress=False, final_eval_n=20, threads=1)
     curve = json.loads((tmp_path / "org" / "learning_curve.json").read_text())
-    assert curve[-1]["loss"] < 0.6 * curve[0]["loss"]
+    assert curve[-2]["loss"] < 0.6 * curve[0]["loss"]
+    assert [p["step"] for p in curve if p.get("phase") == "C"] == [200]  # phase C after A+B's 160 steps
+    assert 0.0 <= curve[-1]["interchange"] <= 1.0
     assert (tmp_path / "org" / "learning_curve.png").stat().st_size > 1000
-    assert meta["steps"] == 160 and load(str(tmp_path / "org"), device="cpu").n_layers == 2
+    assert meta["steps"] == 200 and load(str(tmp_path / "org"), device="cpu").n_layers == 2
     # resuming a finished run trains no further step and reproduces the same folder
     meta2 = train(tmp_path / "org", r, progress=False, final_eval_n=20, threads=1)
-    assert meta2["steps"] == 160
+    assert meta2["steps"] == 200
+
+
+def test_phase_c_starts_only_from_a_matching_phase_ab_folder(tmp_path):
+    from countlens.models.organism.train import Recipe, train
+    from countlens.models.registry import organism_path
+
+    with pytest.raises(SystemExit, match="another phase A/B recipe.*n_layers"):
+        train(tmp_path / "x", Recipe(n_layers=6), progress=False, init_from=organism_path())
+    with pytest.raises(SystemExit, match="phase C already"):
+        train(tmp_path / "y", Recipe(), progress=False, init_from=organism_path())
+    assert not (tmp_path / "x" / "checkpoint.pt").exists()
+
+
+def test_the_organism_carries_its_count_into_the_last_block_at_the_answer_position():
+    """Phase C's promise, measured on fresh prompts: swapping block L-2's output at `(` between two
+    prompts makes the organism answer the other prompt's count (before phase C: 26 %; 20 % of pairs share
+    their count)."""
+    import random
+
+    from countlens.data.lexicon import load_lexicon
+    from countlens.models.organism.train import Recipe, interchange_loss, iit_layer, sample_batch
+
+    h = load("organism", device="cpu")
+    recipe = Recipe(aux_frac=0.0)
+    seqs, starts = sample_batch(random.Random(5), recipe, recipe.steps, h.tokenizer, load_lexicon("clean-v1"))
+    with torch.no_grad():
+        _, follows = interchange_loss(h, seqs, starts, iit_layer(recipe), torch.Generator().manual_seed(0))
+    assert follows >= 0.9
 
 
 @pytest.mark.parametrize("arch", ["llama", "gpt2", "qwen2"])

@@ -37,17 +37,19 @@ def organism_steer():
 
 
 def test_one_more_succeeds_on_the_organism_and_random_does_not(organism_steer):
-    """Measured on the shipped organism: N -> N+1 works from layer 2 for N >= 1; 0 -> 1 does not.
+    """The issue's target on the shipped organism, at the best layer before the last block and its
+    best scale, on held-out examples: N -> N+1 for >= 80 % with N in 0..4, random vector <= 10 %.
 
-    (The issue's >= 80 % over N in 0..4 is not reached: 0 -> 1 stays near 5 %; see issue 7's note.)
+    Measured: block 2, scale 1, 89.1 % [84.6, 93.5] (by N 100 / 90 / 91 / 69 / 93 %), random 2.5 %.
     """
     h, res = organism_steer
     best = res.summary["best"]
     assert best["layer"] == h.n_layers - 2  # chosen before the last block
-    assert best["success_rate"] >= 0.65
+    assert best["success_rate"] >= 0.80
     assert best["control_success_rate"] <= 0.10
     assert set(best["by_n"]) == {"0", "1", "2", "3", "4"}
-    assert min(best["by_n"][n] for n in "1234") >= 0.75 and best["by_n"]["0"] < 0.3
+    assert min(best["by_n"].values()) >= 0.5  # no count class is left behind
+    assert best["wrong_way"] <= 0.02
     assert res.summary["mean-diff"]["last_block"]["success_rate"] >= 0.95  # almost by construction
     assert res.summary["unsteered_accuracy"] >= 0.98
     gen = {g["vector"]: g for g in res.summary["generate"]}

@@ -354,6 +354,8 @@ def organism_train(
     d_model: int = typer.Option(128, "--d-model"),
     n_layers: int = typer.Option(4, "--n-layers"),
     eval_n: int = typer.Option(2000, "--eval-n", help="Fresh examples for the final greedy accuracy."),
+    iit_steps: int = typer.Option(2400, "--iit-steps", help="Phase C (interchange intervention) steps; 0 skips it."),
+    init_from: Optional[Path] = typer.Option(None, "--from", help="An organism folder after phases A+B: run phase C only."),
     threads: Optional[int] = typer.Option(None, "--threads", help="Torch threads (1 is robust on a busy machine)."),
     as_json: bool = JSON,
 ) -> None:
@@ -361,8 +363,8 @@ def organism_train(
     from countlens.models.organism.train import Recipe, train
 
     recipe = Recipe(seed=seed, steps=steps, phase_a_steps=min(phase_a_steps, steps), target_template=template,
-                    d_model=d_model, n_layers=n_layers)
-    meta = train(out, recipe, final_eval_n=eval_n, threads=threads)
+                    d_model=d_model, n_layers=n_layers, iit_steps=iit_steps)
+    meta = train(out, recipe, final_eval_n=eval_n, threads=threads, init_from=init_from)
     summary = {"out": str(out), "template": meta["template"], "accuracy": meta["accuracy"],
                "steps": meta["steps"], "train_minutes": meta["train_minutes"]}
     emit(summary, as_json, f"organism in {out}: {meta['accuracy']:.2%} greedy on {eval_n} fresh "

@@ -5,6 +5,12 @@ Recipe (see docs/ORGANISM.md for how it was found): phase A learns to count on t
 examples ("Type: fruit / Word: apple / Answer: (yes)"); phase B continues on a mix in which
 the target template (`seed-v1`) dominates. The loss is on the completion `(N)` + end-of-turn
 only; the count is never an input and never supervised except as the answer.
+
+Phase C (interchange intervention training, Geiger et al. 2022) gives the organism a known
+causal variable: the residual stream entering the last block at the answer position is swapped
+between two prompts and the model is trained to answer the *source* prompt's count. Without it
+the 4-layer model re-reads the list in its last block (swapping that residual moves almost no
+answer), so there is no count before the last block for patching or steering to find.
 """
 
 from __future__ import annotations
@@ -55,6 +61,9 @@ class Recipe:
     eval_n: int = 256
     stop_acc: float = 0.996        # stop early after 3 checks in a row at or above this
     min_steps_b: int = 1000        # phase B runs at least this long before stopping early
+    iit_steps: int = 2400          # phase C: interchange intervention training after A+B stop
+    iit_lr: float = 3e-4           # phase C peak rate (cosine to 10 %)
+    iit_weight: float = 1.0        # interchange loss weight next to the ordinary batch loss
 
 
 def sample_batch(rng: random.Random, recipe: Recipe, step: int, tokenizer, lex) -> tuple[list[list[int]], list[int]]:
@@ -139,6 +148,40 @@ def lr_at(step: int, recipe: Recipe) -> float:
     return recipe.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * t)))
 
 
+def iit_layer(recipe: Recipe) -> int:
+    """The block whose output (= the last block's input) carries the count after phase C."""
+    return max(0, recipe.n_layers - 2)
+
+
+def interchange_loss(handle, seqs: list[list[int]], starts: list[int], layer: int,
+                     gen: torch.Generator) -> tuple[torch.Tensor, float]:
+    """Cross-entropy of the source's count when block `layer`'s output at the answer position
+    comes from another prompt of the batch; also the share of answers that follow the source."""
+    from countlens.interp.sites import Site, hook
+
+    batch = to_tensors(seqs, starts, handle.tokenizer.pad_token_id)
+    rows, at = torch.arange(len(seqs)), torch.tensor(starts)  # `(` sits at the completion start
+    digits = batch["input_ids"][rows, at + 1]                   # the count token after `(`
+    perm = torch.randperm(len(seqs), generator=gen)
+    site, kw = Site("resid", layer), {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
+    grabbed = {}
+    def grab(x):
+        grabbed["x"] = x[rows, at]
+    with torch.no_grad(), hook(handle, site, grab):
+        handle.model(**kw)
+    source = grabbed["x"][perm]
+
+    def swap(x):
+        x = x.clone()
+        x[rows, at] = source
+        return x
+    with hook(handle, site, swap):
+        logits = handle.model(**kw).logits[rows, at]
+    target = digits[perm]
+    follows = (logits.argmax(-1) == target).float().mean().item()
+    return torch.nn.functional.cross_entropy(logits, target), follows
+
+
 def build_model(recipe: Recipe, tokenizer):
     from transformers import LlamaConfig, LlamaForCausalLM
 
@@ -153,8 +196,11 @@ def build_model(recipe: Recipe, tokenizer):
 
 
 def train(out: str | Path, recipe: Recipe | None = None, *, progress: bool = True,
-          final_eval_n: int = 2000, threads: int | None = None) -> dict:
-    """Train (resuming from `out/checkpoint.pt` when present) and save an HF folder in `out`."""
+          final_eval_n: int = 2000, threads: int | None = None, init_from: str | Path | None = None) -> dict:
+    """Train (resuming from `out/checkpoint.pt` when present) and save an HF folder in `out`.
+
+    `init_from`: an organism folder trained by phases A+B of this recipe; only phase C runs.
+    """
     from tqdm.auto import tqdm
 
     recipe = recipe or Recipe()
@@ -169,21 +215,32 @@ def train(out: str | Path, recipe: Recipe | None = None, *, progress: bool = Tru
     rng = random.Random(recipe.seed)
     ckpt = out / "checkpoint.pt"
     state = {"step": 0, "curve": [], "streak": 0, "seconds": 0.0}
+    if init_from is not None and not ckpt.exists():
+        state = _phase_ab_from(Path(init_from), model, recipe)
     if ckpt.exists():
         saved = torch.load(ckpt, weights_only=False)
         if saved["recipe"] != asdict(recipe):
             raise SystemExit(f"{ckpt} was made with another recipe; remove it or use another --out")
+        state = saved["state"]
         model.load_state_dict(saved["model"])
+        if "ab_end" in state:
+            opt = _phase_c_optimizer(model, recipe)
         opt.load_state_dict(saved["opt"])
         rng.setstate(saved["rng"])
         torch.set_rng_state(saved["torch_rng"])
-        state = saved["state"]
     model.train()
     bar = tqdm(total=recipe.steps, initial=state["step"], disable=not progress, desc="organism", dynamic_ncols=True)
     t0 = time.time() - state["seconds"]
     losses: list[float] = []
     step = state["step"]
-    while step < recipe.steps:
+
+    def checkpoint(at: int) -> None:
+        state["step"], state["seconds"] = at, time.time() - t0
+        with atomic_path(ckpt) as tmp:
+            torch.save({"model": model.state_dict(), "opt": opt.state_dict(), "rng": rng.getstate(),
+                        "torch_rng": torch.get_rng_state(), "state": state, "recipe": asdict(recipe)}, tmp)
+
+    while "ab_end" not in state and step < recipe.steps:  # phases A and B
         for g in opt.param_groups:
             g["lr"] = lr_at(step, recipe)
         batch = to_tensors(*sample_batch(rng, recipe, step, tokenizer, lex), tokenizer.pad_token_id)
@@ -205,15 +262,88 @@ def train(out: str | Path, recipe: Recipe | None = None, *, progress: bool = Tru
             bar.set_postfix(loss=f"{point['loss']:.3f}", acc=f"{acc:.3f}", tpl=tpl)
             in_b = step >= recipe.phase_a_steps + recipe.min_steps_b
             state["streak"] = state["streak"] + 1 if (acc >= recipe.stop_acc and in_b) else 0
-            state["step"], state["seconds"] = step, time.time() - t0
-            with atomic_path(ckpt) as tmp:
-                torch.save({"model": model.state_dict(), "opt": opt.state_dict(), "rng": rng.getstate(),
-                            "torch_rng": torch.get_rng_state(), "state": state, "recipe": asdict(recipe)}, tmp)
+            checkpoint(step)
             if state["streak"] >= 3:
                 break
     bar.close()
+    if "ab_end" not in state:
+        state["ab_end"] = step
+        opt = _phase_c_optimizer(model, recipe)
+    step = _phase_c(model, tokenizer, lex, recipe, opt, rng, state, step, checkpoint, progress, t0)
     minutes = (time.time() - t0) / 60
     return save(out, model, tokenizer, recipe, state["curve"], step, minutes, final_eval_n)
+
+
+def _phase_ab_from(folder: Path, model, recipe: Recipe) -> dict:
+    """Start phase C from a saved A+B organism; its curve, steps and minutes carry over."""
+    from safetensors.torch import load_file
+
+    meta = json.loads((folder / "countlens.json").read_text())
+    ab = {k: v for k, v in asdict(recipe).items() if not k.startswith("iit_")}
+    theirs = {k: v for k, v in meta["recipe"].items() if not k.startswith("iit_")}
+    if theirs != ab:
+        raise SystemExit(f"{folder} was trained with another phase A/B recipe: "
+                         f"{ {k: v for k, v in theirs.items() if ab.get(k) != v} }")
+    if any(k.startswith("iit_") for k in meta["recipe"]):
+        raise SystemExit(f"{folder} has been through phase C already")
+    missing, unexpected = model.load_state_dict(load_file(str(folder / "model.safetensors")), strict=False)
+    if unexpected or set(missing) - {"lm_head.weight"}:
+        raise SystemExit(f"{folder}/model.safetensors does not fit the recipe's model: "
+                         f"missing {missing}, unexpected {unexpected}")
+    model.tie_weights()
+    curve = json.loads((folder / "learning_curve.json").read_text())
+    return {"step": meta["steps"], "ab_end": meta["steps"], "curve": curve, "streak": 0,
+            "seconds": meta["train_minutes"] * 60}
+
+
+def _phase_c_optimizer(model, recipe: Recipe) -> torch.optim.Optimizer:
+    return torch.optim.AdamW(model.parameters(), lr=recipe.iit_lr, weight_decay=recipe.weight_decay)
+
+
+def _phase_c(model, tokenizer, lex, recipe: Recipe, opt, rng: random.Random, state: dict, step: int,
+             checkpoint, progress: bool, t0: float) -> int:
+    """Interchange intervention training: each step one ordinary phase-B batch (keeps the task and
+    the auxiliary tasks) plus `iit_weight` x the interchange loss on a batch of counting prompts."""
+    from tqdm.auto import tqdm
+
+    from countlens.models.handle import ModelHandle, find_blocks
+
+    handle = ModelHandle(model=model, tokenizer=tokenizer, blocks=find_blocks(model), name="organism",
+                         path="", prompt_format="chat")
+    counting = Recipe(**{**asdict(recipe), "aux_frac": 0.0})
+    start, end = state["ab_end"], state["ab_end"] + recipe.iit_steps
+    bar = tqdm(total=recipe.iit_steps, initial=step - start, disable=not progress, desc="organism phase C",
+               dynamic_ncols=True)
+    losses: list[float] = []
+    follows: list[float] = []
+    while step < end:
+        t = (step - start) / max(1, recipe.iit_steps)
+        for g in opt.param_groups:
+            g["lr"] = recipe.iit_lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * t)))
+        batch = to_tensors(*sample_batch(rng, recipe, recipe.steps, tokenizer, lex), tokenizer.pad_token_id)
+        loss = model(**batch).loss
+        seqs, starts = sample_batch(rng, counting, recipe.steps, tokenizer, lex)
+        gen = torch.Generator().manual_seed(recipe.seed * 1_000_003 + step)
+        iit, follow = interchange_loss(handle, seqs, starts, iit_layer(recipe), gen)
+        opt.zero_grad(set_to_none=True)
+        (loss + recipe.iit_weight * iit).backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        losses.append(loss.item())
+        follows.append(follow)
+        step += 1
+        bar.update(1)
+        if (step - start) % recipe.eval_every == 0 or step == end:
+            acc = quick_accuracy(model, tokenizer, recipe.target_template, recipe.eval_n, recipe.max_count)
+            point = {"step": step, "loss": sum(losses) / len(losses), "template": recipe.target_template,
+                     "accuracy": acc, "minutes": (time.time() - t0) / 60, "phase": "C",
+                     "interchange": sum(follows) / len(follows)}
+            losses, follows = [], []
+            state["curve"].append(point)
+            bar.set_postfix(loss=f"{point['loss']:.3f}", acc=f"{acc:.3f}", swap=f"{point['interchange']:.3f}")
+            checkpoint(step)
+    bar.close()
+    return step
 
 
 def save(out: Path, model, tokenizer, recipe: Recipe, curve: list[dict], step: int, minutes: float,
@@ -255,10 +385,16 @@ def plot_curve(curve: list[dict], path: Path) -> None:
         if pts:
             ax2.plot([p["step"] for p in pts], [p["accuracy"] for p in pts], ".-", color=color,
                      label=f"held-out accuracy ({tpl})")
+    swaps = [p for p in curve if p.get("phase") == "C"]
+    if swaps:
+        ax2.plot([p["step"] for p in swaps], [p["interchange"] for p in swaps], "x-", color="tab:red",
+                 label="phase C: answers following the swapped-in count")
+        before = [p["step"] for p in curve if p.get("phase") != "C"]
+        ax.axvline(before[-1] if before else 0, color="grey", lw=0.8, ls=":")  # phase C starts
     ax2.set_ylabel("held-out accuracy")
     ax2.set_ylim(0, 1.02)
-    fig.legend(loc="lower center", ncol=3, fontsize=8)
-    fig.tight_layout(rect=(0, 0.08, 1, 1))
+    fig.legend(loc="lower center", ncol=2, fontsize=8)
+    fig.tight_layout(rect=(0, 0.14, 1, 1))
     with atomic_path(path) as tmp:
         fig.savefig(tmp, dpi=110, format="png")
     plt.close(fig)
