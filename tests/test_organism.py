@@ -1,3 +1,4 @@
+import dataclasses
 import json
 import subprocess
 import sys
@@ -63,6 +64,14 @@ def test_a_short_training_run_lowers_the_loss(tmp_path):
     # resuming a finished run trains no further step and reproduces the same folder
     meta2 = train(tmp_path / "org", r, progress=False, final_eval_n=20, threads=1)
     assert meta2["steps"] == 200
+    # --iit-steps 0 stops after phase B; --from runs phase C alone on that folder, history carried over
+    ab = train(tmp_path / "ab", dataclasses.replace(r, iit_steps=0), progress=False, final_eval_n=20, threads=1)
+    assert ab["steps"] == 160
+    c = train(tmp_path / "c", dataclasses.replace(r, iit_steps=20), progress=False, final_eval_n=20, threads=1,
+              init_from=tmp_path / "ab")
+    curve_c = json.loads((tmp_path / "c" / "learning_curve.json").read_text())
+    assert c["steps"] == 180 and curve_c[:-1] == json.loads((tmp_path / "ab" / "learning_curve.json").read_text())
+    assert curve_c[-1]["phase"] == "C" and curve_c[-1]["step"] == 180
 
 
 def test_phase_c_starts_only_from_a_matching_phase_ab_folder(tmp_path):

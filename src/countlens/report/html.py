@@ -202,7 +202,10 @@ def caveats(cfg: Any) -> list[Block]:
     organism = cfg.model == "organism"
     text = ("This model is the countlens organism: a 4-layer transformer trained here only to count. It is a "
             "positive control (it is known to count, so every analysis must find its count) and says little "
-            "about how a pretrained LLM counts: run the same study on an LLM folder for that.") if organism else \
+            "about how a pretrained LLM counts: run the same study on an LLM folder for that. Its last training "
+            "phase (interchange intervention training) put the count in the residual stream entering its last "
+            "block at the answer position, so patching and steering finding it at layer L-2 check the tools "
+            "against a known answer; they are not a discovery about this model.") if organism else \
         "Results hold for this model, template and lexicon; other prompt formats may route the count differently."
     return [("h2", ("caveats", "What these numbers do not show")),
             ("p", text),

@@ -284,7 +284,7 @@ def _phase_ab_from(folder: Path, model, recipe: Recipe) -> dict:
     if theirs != ab:
         raise SystemExit(f"{folder} was trained with another phase A/B recipe: "
                          f"{ {k: v for k, v in theirs.items() if ab.get(k) != v} }")
-    if any(k.startswith("iit_") for k in meta["recipe"]):
+    if meta["recipe"].get("iit_steps", 0) > 0:
         raise SystemExit(f"{folder} has been through phase C already")
     missing, unexpected = model.load_state_dict(load_file(str(folder / "model.safetensors")), strict=False)
     if unexpected or set(missing) - {"lm_head.weight"}:
