@@ -82,6 +82,8 @@ def test_phase_c_starts_only_from_a_matching_phase_ab_folder(tmp_path):
         train(tmp_path / "x", Recipe(n_layers=6), progress=False, init_from=organism_path())
     with pytest.raises(SystemExit, match="phase C already"):
         train(tmp_path / "y", Recipe(), progress=False, init_from=organism_path())
+    with pytest.raises(InputError, match="not an organism folder"):
+        train(tmp_path / "z", Recipe(), progress=False, init_from=tmp_path / "nothing")
     assert not (tmp_path / "x" / "checkpoint.pt").exists()
 
 

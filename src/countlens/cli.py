@@ -359,7 +359,7 @@ def organism_train(
     threads: Optional[int] = typer.Option(None, "--threads", help="Torch threads (1 is robust on a busy machine)."),
     as_json: bool = JSON,
 ) -> None:
-    """Train the organism from scratch (resumes from OUT/checkpoint.pt)."""
+    """Train the organism: phases A, B, then C (interchange training); resumes from OUT/checkpoint.pt."""
     from countlens.models.organism.train import Recipe, train
 
     recipe = Recipe(seed=seed, steps=steps, phase_a_steps=min(phase_a_steps, steps), target_template=template,

@@ -229,7 +229,8 @@ def train(out: str | Path, recipe: Recipe | None = None, *, progress: bool = Tru
         rng.setstate(saved["rng"])
         torch.set_rng_state(saved["torch_rng"])
     model.train()
-    bar = tqdm(total=recipe.steps, initial=state["step"], disable=not progress, desc="organism", dynamic_ncols=True)
+    bar = tqdm(total=recipe.steps, initial=state["step"], disable=not progress or "ab_end" in state,
+               desc="organism", dynamic_ncols=True)
     t0 = time.time() - state["seconds"]
     losses: list[float] = []
     step = state["step"]
@@ -278,6 +279,10 @@ def _phase_ab_from(folder: Path, model, recipe: Recipe) -> dict:
     """Start phase C from a saved A+B organism; its curve, steps and minutes carry over."""
     from safetensors.torch import load_file
 
+    from countlens.errors import InputError
+
+    if not (folder / "countlens.json").exists():
+        raise InputError("no countlens.json: not an organism folder", file=str(folder))
     meta = json.loads((folder / "countlens.json").read_text())
     ab = {k: v for k, v in asdict(recipe).items() if not k.startswith("iit_")}
     theirs = {k: v for k, v in meta["recipe"].items() if not k.startswith("iit_")}
