@@ -20,7 +20,7 @@ import math
 import os
 import random
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import torch
@@ -144,8 +144,12 @@ def lr_at(step: int, recipe: Recipe) -> float:
     tail = int(recipe.steps * 0.8)
     if step < tail:
         return recipe.lr
-    t = (step - tail) / max(1, recipe.steps - tail)
-    return recipe.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * t)))
+    return cosine_to_tenth(recipe.lr, (step - tail) / max(1, recipe.steps - tail))
+
+
+def cosine_to_tenth(peak: float, t: float) -> float:
+    """A cosine from `peak` at t = 0 to 10 % of it at t = 1 (phase B's tail, all of phase C)."""
+    return peak * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * t)))
 
 
 def iit_layer(recipe: Recipe) -> int:
@@ -315,16 +319,15 @@ def _phase_c(model, tokenizer, lex, recipe: Recipe, opt, rng: random.Random, sta
 
     handle = ModelHandle(model=model, tokenizer=tokenizer, blocks=find_blocks(model), name="organism",
                          path="", prompt_format="chat")
-    counting = Recipe(**{**asdict(recipe), "aux_frac": 0.0})
+    counting = replace(recipe, aux_frac=0.0)
     start, end = state["ab_end"], state["ab_end"] + recipe.iit_steps
     bar = tqdm(total=recipe.iit_steps, initial=step - start, disable=not progress, desc="organism phase C",
                dynamic_ncols=True)
     losses: list[float] = []
     follows: list[float] = []
     while step < end:
-        t = (step - start) / max(1, recipe.iit_steps)
         for g in opt.param_groups:
-            g["lr"] = recipe.iit_lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * t)))
+            g["lr"] = cosine_to_tenth(recipe.iit_lr, (step - start) / max(1, recipe.iit_steps))
         batch = to_tensors(*sample_batch(rng, recipe, recipe.steps, tokenizer, lex), tokenizer.pad_token_id)
         loss = model(**batch).loss
         seqs, starts = sample_batch(rng, counting, recipe.steps, tokenizer, lex)
