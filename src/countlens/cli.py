@@ -37,6 +37,14 @@ def log(msg: str) -> None:
     sys.stderr.write(msg + "\n")
 
 
+def check_model(model: str | None) -> None:
+    """Resolve a --model argument before anything is read or written (one line, exit 2, on a bad one)."""
+    if model:
+        from countlens.models.registry import preflight
+
+        preflight(model)
+
+
 @app.command()
 def lexicon(name: str = typer.Option("clean-v1", "--lexicon", help="Built-in name or YAML/JSON file."),
             as_json: bool = JSON) -> None:
@@ -138,6 +146,7 @@ def patch(
     as_json: bool = JSON,
 ) -> None:
     """Activation patching across sites x layers x positions (x heads)."""
+    check_model(model)
     from tqdm.auto import tqdm
 
     from countlens.interp.patching import PatchOptions, load_pairs, run_patching, save_result
@@ -178,6 +187,7 @@ def acts(
     as_json: bool = JSON,
 ) -> None:
     """Collect activations (float16, memory-mapped) at the last token, each list word, the category."""
+    check_model(model)
     from countlens.interp.acts import collect_activations
 
     s = collect_activations(model, data, out, sites=sites, positions=positions,
@@ -222,6 +232,7 @@ def probe(
     as_json: bool = JSON,
 ) -> None:
     """Linear probes per site x layer x position with controls, CIs, running count and directions."""
+    check_model(model)
     from countlens.interp.probes import run_probes
 
     collect = {}
@@ -281,6 +292,7 @@ def steer(
     as_json: bool = JSON,
 ) -> None:
     """Steer the count: add mean-difference / probe directions, sweep layers x scales, with a random control."""
+    check_model(model)
     from tqdm.auto import tqdm
 
     from countlens.data.schema import read_examples
@@ -342,6 +354,18 @@ def run(
                "skipped": result.skipped, "timings": result.timings, "preset": cfg.preset, "model": cfg.model}
     emit(summary, as_json, f"stages run: {', '.join(result.timings)}; skipped (already done): "
                            f"{', '.join(result.skipped) or 'none'}\nreport: {result.report}")
+
+
+@app.command()
+def models(as_json: bool = JSON) -> None:
+    """The named models: installed or not, converted (cached) or not, size, and the folder load() uses."""
+    from countlens.models.catalog import list_models
+
+    rows = list_models()
+    human = "\n".join(f"{r['name']:<14} {'installed' if r['installed'] else 'not installed':<14} "
+                      f"{'cached' if r['cached'] else 'not cached':<11} {r['size_mb'] or 0:>7.1f} MB  "
+                      f"{r['path'] or r.get('install') or ''}\n{'':<14} {r['source']}" for r in rows)
+    emit({"models": rows}, as_json, human)
 
 
 @organism_app.command("train")

@@ -17,9 +17,9 @@ import torch
 
 from countlens.data.templates import Template, load_template, template_from_dict
 from countlens.errors import InputError
-from countlens.models import prompts
+from countlens.models import gguf, prompts
 from countlens.models.hub import from_pretrained
-from countlens.models.registry import resolve
+from countlens.models.registry import preflight, resolve
 
 # Where decoder blocks live, by architecture family (attribute path from the CausalLM).
 BLOCK_PATHS = ("model.layers", "model.language_model.layers", "transformer.h", "gpt_neox.layers",
@@ -139,14 +139,25 @@ def weights_hash(path: str) -> str:
     return h.hexdigest()[:16] if files else "remote"
 
 
+def best_device() -> str:
+    """CUDA, then Apple's MPS, then the CPU: the default device of every stage."""
+    if torch.cuda.is_available():
+        return "cuda"
+    mps = getattr(torch.backends, "mps", None)
+    if mps is not None and mps.is_available():
+        return "mps"
+    return "cpu"
+
+
 def load(name_or_path: str = "organism", *, device: str | None = None, dtype: str | torch.dtype | None = None,
-         device_map: str | None = None, prompt_format: str = "auto") -> ModelHandle:
-    """Load tokenizer + model from a folder, a hub name or `organism`, ready for every stage."""
+         device_map: str | None = None, prompt_format: str = "auto", log=None) -> ModelHandle:
+    """Load tokenizer + model from `organism`, a named model, a folder, a .gguf file or a hub name."""
     from transformers import AutoModelForCausalLM
 
     from countlens.models.hub import load_tokenizer
 
-    path = resolve(name_or_path)
+    preflight(name_or_path)
+    path = resolve(name_or_path, log=log)
     tokenizer = load_tokenizer(path)
     if isinstance(dtype, str):
         dtype = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16,
@@ -157,15 +168,17 @@ def load(name_or_path: str = "organism", *, device: str | None = None, dtype: st
         kwargs["device_map"] = device_map
     model = from_pretrained(AutoModelForCausalLM.from_pretrained, path, "model", **kwargs)
     if not device_map:
-        model.to(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        model.to(device or best_device())
     model.eval()
     info: dict = {}
     native = None
     meta = Path(path) / "countlens.json"
     if meta.exists():
         info = json.loads(meta.read_text())
-        if "template" in info:
-            native = template_from_dict(info["template"]) if isinstance(info["template"], dict) \
+    if (Path(path) / gguf.MARKER).exists():
+        info["gguf"] = json.loads((Path(path) / gguf.MARKER).read_text())
+    if "template" in info:
+        native = template_from_dict(info["template"]) if isinstance(info["template"], dict) \
                 else load_template(info["template"])
     fmt = prompts.resolve_format(tokenizer, prompt_format)
     return ModelHandle(model=model, tokenizer=tokenizer, blocks=find_blocks(model), name=name_or_path,

@@ -165,6 +165,9 @@ def run_study(cfg: StudyConfig, out: str | Path = "runs/study", *, force: tuple[
     bad = [s for s in force if s not in STAGES]
     if bad:
         raise InputError(f"--force: unknown stage(s) {bad} (stages: {', '.join(STAGES)})")
+    from countlens.models.registry import preflight
+
+    preflight(cfg.model)  # a model that cannot load fails before anything is written
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     log = log or (lambda m: sys.stderr.write(m + "\n"))
