@@ -444,6 +444,9 @@ def bench(
     batch_size: int = typer.Option(64, "--batch-size", help="Local models."),
     timeout: float = typer.Option(60.0, "--timeout", help="Per request, seconds (API models)."),
     max_retries: int = typer.Option(6, "--max-retries", help="Retries on 429/5xx/timeouts (API models)."),
+    template: Optional[list[str]] = typer.Option(
+        None, "--template", help="Repeatable: built-in name (seed-v1, short, fewshot) or YAML/JSON file; renders "
+        "each row with each template and compares them (McNemar). Default: the data file's own prompts."),
     no_figures: bool = typer.Option(False, "--no-figures"),
     as_json: bool = JSON,
 ) -> None:
@@ -454,7 +457,7 @@ def bench(
     s = run_bench(model, data, out, n=n, mode=mode, prompt_format=prompt_format, concurrency=concurrency, rpm=rpm,
                   max_new_tokens=max_new_tokens, prefill=prefill, system=system, device=device, dtype=dtype,
                   device_map=device_map, batch_size=batch_size, timeout=timeout, max_retries=max_retries,
-                  figures=not no_figures, progress=RichProgress())
+                  figures=not no_figures, progress=RichProgress(), templates=template or None)
     if as_json:
         emit(s.to_dict() | {"out": str(out)}, True)
     else:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import hashlib
 import os
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from pydantic import ValidationError
 
@@ -22,6 +22,7 @@ class BenchExample:
     category: str | None = None
     list_length: int | None = None
     line: int = 0
+    word_list: tuple[str, ...] | None = None   # our rows: what a template renders (--template)
 
     @property
     def prompt_hash(self) -> str:
@@ -54,7 +55,8 @@ def _ours(obj: dict, file: str, line: int) -> BenchExample:
         field, msg = _first_error(e)
         raise InputError(msg, file=file, line=line, field=field) from None
     return BenchExample(id=str(ex.id) if ex.id is not None else f"line-{line}", prompt=ex.prompt, answer=ex.answer,
-                        category=ex.category, list_length=ex.list_length or len(ex.word_list), line=line)
+                        category=ex.category, list_length=ex.list_length or len(ex.word_list), line=line,
+                        word_list=tuple(ex.word_list))
 
 
 def _external(obj: dict, file: str, line: int) -> BenchExample:
@@ -76,6 +78,18 @@ def _external(obj: dict, file: str, line: int) -> BenchExample:
                         category=str(category) if category is not None else None,
                         list_length=_as_int(length, file, line, "list_length") if length is not None else None,
                         line=line)
+
+
+def render(examples: list[BenchExample], template, file: str | None = None) -> list[BenchExample]:
+    """Each example's prompt rebuilt with `template` from its category and word list (ids kept)."""
+    from countlens.data.templates import load_template
+
+    tpl = load_template(template)
+    bad = next((ex for ex in examples if ex.category is None or ex.word_list is None), None)
+    if bad is not None:
+        raise InputError(f"--template needs rows with 'category' and 'word_list' to render (template "
+                         f"'{tpl.name}')", file=file, line=bad.line, field="word_list")
+    return [replace(ex, prompt=tpl.render(ex.category, list(ex.word_list))) for ex in examples]
 
 
 def load_examples(path: str | os.PathLike, n: int | None = None) -> list[BenchExample]:

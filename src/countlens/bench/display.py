@@ -43,14 +43,17 @@ def _pct(x: float | None) -> str:
 
 
 def tables(summary: BenchSummary) -> Group:
-    """The model table, accuracy by true count, and paired comparisons when there are several models."""
+    """The model table, accuracy by true count, paired comparisons when there are several models,
+    and with several templates one prompt-sensitivity table per model."""
     ms = summary.models
-    main = Table(min_width=60, title=f"countlens bench · {summary.config['mode']} · n = {summary.config['n']}", title_justify="left")
-    for col in ("model", "acc %", "95% CI", "strict %", "parse err %", "num err %", "API err %",
-                "signed err", "tokens in/out"):
-        main.add_column(col, justify="left" if col == "model" else "right")
+    tpl = summary.templates is not None
+    main = Table(min_width=60, title=f"countlens bench · {summary.config['mode']} · n = {summary.config['n']} · "
+                 f"intervals: {summary.config.get('interval', 'bootstrap')}", title_justify="left")
+    for col in ("model", *(("template",) if tpl else ()), "acc %", "95% CI", "strict %", "parse err %", "num err %",
+                "API err %", "signed err", "tokens in/out"):
+        main.add_column(col, justify="left" if col in ("model", "template") else "right")
     for m in ms:
-        main.add_row(m.model, _pct(m.accuracy), f"{_pct(m.ci_low)}-{_pct(m.ci_high)}", _pct(m.accuracy_strict),
+        main.add_row(m.model, *((m.template,) if tpl else ()), _pct(m.accuracy), f"{_pct(m.ci_low)}-{_pct(m.ci_high)}", _pct(m.accuracy_strict),
                      _pct(m.parse_error_rate), _pct(m.numerical_error_rate), _pct(m.api_error_rate),
                      "-" if m.mean_signed_error is None else f"{m.mean_signed_error:+.2f}",
                      f"{m.tokens.input}/{m.tokens.output}")
@@ -61,7 +64,7 @@ def tables(summary: BenchSummary) -> Group:
     for k in counts:
         by.add_column(k, justify="right")
     for m in ms:
-        by.add_row(m.model, *[_pct(m.by_count[k].accuracy) if k in m.by_count else "-" for k in counts])
+        by.add_row(m.label, *[_pct(m.by_count[k].accuracy) if k in m.by_count else "-" for k in counts])
     parts.append(by)
     if ms and ms[0].score:
         sc = Table(title="score mode", title_justify="left")
@@ -69,16 +72,48 @@ def tables(summary: BenchSummary) -> Group:
             sc.add_column(col, justify="left" if col == "model" else "right")
         for m in ms:
             s = m.score
-            sc.add_row(m.model, f"{s.p_correct:.3f}", f"{s.mean_expected_count:.3f}", f"{s.mean_expected_error:+.3f}",
+            sc.add_row(m.label, f"{s.p_correct:.3f}", f"{s.mean_expected_count:.3f}", f"{s.mean_expected_error:+.3f}",
                        f"{s.ece:.3f}")
         parts.append(sc)
     if summary.comparisons:
         cmp = Table(title="paired comparisons (a - b, same examples)", title_justify="left")
-        for col in ("a", "b", "n", "diff %", "95% CI", "McNemar b/c", "McNemar p", "bootstrap p"):
-            cmp.add_column(col, justify="left" if col in ("a", "b") else "right")
+        for col in ("a", "b", *(("template",) if tpl else ()), "n", "diff %", "95% CI", "McNemar b/c", "McNemar p",
+                    "bootstrap p"):
+            cmp.add_column(col, justify="left" if col in ("a", "b", "template") else "right")
         for c in summary.comparisons:
-            cmp.add_row(c.model_a, c.model_b, str(c.n), f"{100 * c.difference:+.1f}",
+            cmp.add_row(c.model_a, c.model_b, *((c.template,) if tpl else ()), str(c.n), f"{100 * c.difference:+.1f}",
                         f"{100 * c.ci_low:+.1f} to {100 * c.ci_high:+.1f}", f"{c.mcnemar_b}/{c.mcnemar_c}",
                         f"{c.mcnemar_p:.3g}", f"{c.bootstrap_p:.3g}")
         parts.append(cmp)
+    if tpl:
+        parts.extend(template_tables(summary))
     return Group(*parts)
+
+
+def template_tables(summary: BenchSummary) -> list[Table]:
+    """Per model: accuracy with its Wilson interval under each template, then each pair of templates
+    on the same examples (a - b, McNemar exact with Holm's adjustment, paired bootstrap CI)."""
+    sec = summary.templates
+    out: list[Table] = []
+    if sec is None:
+        return out
+    for t in sec.models:
+        spread = f" · spread {100 * t.spread:.1f} points" if len(t.templates) > 1 else ""
+        acc = Table(title=f"prompt sensitivity · {t.model}{spread}", title_justify="left")
+        for col in ("template", "n", "acc %", sec.interval, "strict %", "parse err %", "P(correct)"):
+            acc.add_column(col, justify="left" if col == "template" else "right")
+        for r in t.templates:
+            acc.add_row(r.template, str(r.n), _pct(r.accuracy), f"{_pct(r.ci_low)}-{_pct(r.ci_high)}",
+                        _pct(r.accuracy_strict), _pct(r.parse_error_rate),
+                        "-" if r.p_correct is None else f"{r.p_correct:.3f}")
+        out.append(acc)
+        if t.pairs:
+            pt = Table(title=f"templates compared · {t.model} (a - b, same examples)", title_justify="left")
+            for col in ("a", "b", "n", "diff %", "95% CI", "McNemar b/c", "McNemar p", "Holm p"):
+                pt.add_column(col, justify="left" if col in ("a", "b") else "right")
+            for p in t.pairs:
+                pt.add_row(p.template_a, p.template_b, str(p.n), f"{100 * p.difference:+.1f}",
+                           f"{100 * p.ci_low:+.1f} to {100 * p.ci_high:+.1f}", f"{p.mcnemar_b}/{p.mcnemar_c}",
+                           f"{p.mcnemar_p:.3g}", f"{p.mcnemar_p_holm:.3g}")
+            out.append(pt)
+    return out

@@ -1,5 +1,6 @@
-"""Records -> the summary table: accuracy (lenient) beside strict, CIs, error kinds, slices,
-confusion, tokens, score-mode calibration, and paired comparisons between models."""
+"""Records -> the summary table: accuracy (lenient) beside strict, Wilson intervals, error kinds,
+slices, confusion, tokens, score-mode calibration, paired comparisons between models, and the
+prompt-sensitivity table (one model under several templates, paired on the same examples)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,8 @@ import numpy as np
 
 from countlens.bench import stats
 from countlens.bench.records import Record
-from countlens.bench.results import (Comparison, Confusion, ModelMetrics, ScoreStats, SliceStat, Tokens)
+from countlens.bench.results import (Comparison, Confusion, ModelMetrics, ScoreStats, SliceStat, TemplatePair,
+                                     TemplateRow, TemplatesSection, TemplateTable, Tokens)
 
 
 def _r(x: float | None, nd: int = 6) -> float | None:
@@ -18,7 +20,7 @@ def _r(x: float | None, nd: int = 6) -> float | None:
 
 def _slice(recs: list[Record], seed: int) -> SliceStat:
     ok = np.array([r.correct for r in recs], dtype=float)
-    lo, hi = stats.bootstrap_ci(ok, seed=seed)
+    lo, hi = stats.proportion_ci(ok)
     pc = [r.p_correct for r in recs if r.p_correct is not None]
     return SliceStat(n=len(recs), accuracy=_r(ok.mean()), accuracy_strict=_r(np.mean([r.correct_strict for r in recs])),
                      ci_low=_r(lo), ci_high=_r(hi), p_correct=_r(np.mean(pc)) if pc else None)
@@ -45,12 +47,17 @@ def _confusion(recs: list[Record]) -> Confusion:
     return Confusion(true=true, pred=[*preds, "none"], matrix=m)
 
 
-def model_metrics(model: str, mode: str, recs: list[Record], seed: int = stats.SEED) -> ModelMetrics:
+def model_metrics(model: str, mode: str, recs: list[Record], seed: int = stats.SEED,
+                  template: str | None = None) -> ModelMetrics:
     """One model's row of the table from its records (one per example)."""
     n = len(recs)
     correct = np.array([r.correct for r in recs], dtype=float)
-    lo, hi = stats.bootstrap_ci(correct, seed=seed)
+    lo, hi = stats.proportion_ci(correct)
     kinds = [r.error_kind for r in recs]
+    flags = {"accuracy": correct, "accuracy_strict": [r.correct_strict for r in recs],
+             "completed": [r.status == "ok" for r in recs], "parse_error_rate": [k == "parse" for k in kinds],
+             "numerical_error_rate": [k == "numerical" for k in kinds], "api_error_rate": [k == "api" for k in kinds]}
+    intervals = {name: [_r(x) for x in stats.proportion_ci(v)] for name, v in flags.items()}
     signed = [r.pred - r.answer for r in recs if r.pred is not None]
     score = None
     if mode == "score" and recs:
@@ -61,7 +68,7 @@ def model_metrics(model: str, mode: str, recs: list[Record], seed: int = stats.S
                            mean_expected_error=_r((exp - ans).mean()),
                            ece=_r(stats.expected_calibration_error(conf, correct)), mean_confidence=_r(conf.mean()))
     return ModelMetrics(
-        model=model, mode=mode, n=n, completed=sum(r.status == "ok" for r in recs),
+        model=model, mode=mode, n=n, template=template, completed=sum(r.status == "ok" for r in recs),
         accuracy=_r(correct.mean()), accuracy_strict=_r(np.mean([r.correct_strict for r in recs])),
         ci_low=_r(lo), ci_high=_r(hi),
         parse_error_rate=_r(kinds.count("parse") / n), numerical_error_rate=_r(kinds.count("numerical") / n),
@@ -71,19 +78,57 @@ def model_metrics(model: str, mode: str, recs: list[Record], seed: int = stats.S
         tokens=Tokens(input=sum(r.input_tokens for r in recs), output=sum(r.output_tokens for r in recs),
                       reasoning=sum(r.reasoning_tokens for r in recs), requests=n,
                       attempts=sum(r.attempts for r in recs)),
-        score=score)
+        score=score, intervals=intervals)
 
 
-def comparisons(records: dict[str, list[Record]], seed: int = stats.SEED) -> list[Comparison]:
+def _paired(ra: list[Record], rb: list[Record], seed: int) -> stats.Paired:
+    """a against b on the example ids both have (in a's order)."""
+    ca = {r.example_id: r.correct for r in ra}
+    cb = {r.example_id: r.correct for r in rb}
+    shared = [i for i in ca if i in cb]
+    return stats.paired_compare(np.array([ca[i] for i in shared]), np.array([cb[i] for i in shared]), seed=seed)
+
+
+def comparisons(records: dict[str, list[Record]], seed: int = stats.SEED,
+                template: str | None = None) -> list[Comparison]:
     """Every pair of models, paired on the example ids both have."""
     out = []
     for a, b in combinations(records, 2):
-        ca = {r.example_id: r.correct for r in records[a]}
-        cb = {r.example_id: r.correct for r in records[b]}
-        shared = [i for i in ca if i in cb]
-        p = stats.paired_compare(np.array([ca[i] for i in shared]), np.array([cb[i] for i in shared]), seed=seed)
-        out.append(Comparison(model_a=a, model_b=b, n=p.n, accuracy_a=_r(p.accuracy_a), accuracy_b=_r(p.accuracy_b),
-                              difference=_r(p.difference), ci_low=_r(p.ci_low), ci_high=_r(p.ci_high),
-                              bootstrap_p=_r(p.bootstrap_p), mcnemar_b=p.mcnemar_b, mcnemar_c=p.mcnemar_c,
-                              mcnemar_p=_r(p.mcnemar_p, 8)))
+        p = _paired(records[a], records[b], seed)
+        out.append(Comparison(model_a=a, model_b=b, n=p.n, template=template, accuracy_a=_r(p.accuracy_a),
+                              accuracy_b=_r(p.accuracy_b), difference=_r(p.difference), ci_low=_r(p.ci_low),
+                              ci_high=_r(p.ci_high), bootstrap_p=_r(p.bootstrap_p), mcnemar_b=p.mcnemar_b,
+                              mcnemar_c=p.mcnemar_c, mcnemar_p=_r(p.mcnemar_p, 8)))
     return out
+
+
+def template_table(model: str, by_template: dict[str, list[Record]], seed: int = stats.SEED) -> TemplateTable:
+    """One model under each template: accuracy with a Wilson interval per template, and every pair
+    of templates compared on the same examples (McNemar exact, Holm over the pairs, paired bootstrap)."""
+    rows = []
+    for name, recs in by_template.items():
+        ok = [r.correct for r in recs]
+        lo, hi = stats.proportion_ci(ok)
+        pc = [r.p_correct for r in recs if r.p_correct is not None]
+        rows.append(TemplateRow(template=name, n=len(recs), accuracy=_r(np.mean(ok)) if recs else float("nan"),
+                                ci_low=_r(lo), ci_high=_r(hi),
+                                accuracy_strict=_r(np.mean([r.correct_strict for r in recs])) if recs else float("nan"),
+                                parse_error_rate=_r(np.mean([r.error_kind == "parse" for r in recs]))
+                                if recs else float("nan"),
+                                p_correct=_r(np.mean(pc)) if pc else None))
+    paired = [(a, b, _paired(by_template[a], by_template[b], seed)) for a, b in combinations(by_template, 2)]
+    adjusted = stats.holm([p.mcnemar_p for _, _, p in paired])
+    pairs = [TemplatePair(template_a=a, template_b=b, n=p.n, accuracy_a=_r(p.accuracy_a), accuracy_b=_r(p.accuracy_b),
+                          difference=_r(p.difference), ci_low=_r(p.ci_low), ci_high=_r(p.ci_high),
+                          bootstrap_p=_r(p.bootstrap_p), mcnemar_b=p.mcnemar_b, mcnemar_c=p.mcnemar_c,
+                          mcnemar_p=_r(p.mcnemar_p, 8), mcnemar_p_holm=_r(q, 8))
+             for (a, b, p), q in zip(paired, adjusted)]
+    accs = [r.accuracy for r in rows if r.n]
+    return TemplateTable(model=model, templates=rows, pairs=pairs, spread=_r(max(accs) - min(accs)) if accs else 0.0)
+
+
+def templates_section(records: dict[str, dict[str, list[Record]]], seed: int = stats.SEED) -> TemplatesSection:
+    """`records[model][template]` -> the summary's `templates` section."""
+    names = list(dict.fromkeys(t for by in records.values() for t in by))
+    return TemplatesSection(names=names, interval=stats.INTERVAL, difference_ci=stats.CI, test=f"McNemar, {stats.MCNEMAR}",
+                            models=[template_table(m, by, seed) for m, by in records.items()])

@@ -2,7 +2,8 @@
 
 The key hashes everything that can change an answer: the model and its weights/revision, the
 example id and prompt hash, mode, prompt format and chat template, generation settings, system
-prompt and parser version. Parsing happens here, never in a backend.
+prompt, parser version, and the template's name when the bench renders its own prompts
+(--template). Parsing happens here, never in a backend.
 """
 
 from __future__ import annotations
@@ -51,6 +52,7 @@ class Record:
     p_correct: float | None = None
     expected_count: float | None = None
     parser_version: str = PARSER_VERSION
+    template: str | None = None      # --template: the template that rendered this prompt
     key_fields: dict[str, Any] = field(default_factory=dict)
 
     def to_json(self) -> str:
@@ -61,14 +63,21 @@ class Record:
         return cls(**json.loads(text))
 
 
-def key_fields(identity: dict, ex: BenchExample, mode: str, settings: GenSettings, k_max: int | None) -> dict:
-    """The key's material, kept in each record so a reader can see why two records differ."""
+def key_fields(identity: dict, ex: BenchExample, mode: str, settings: GenSettings, k_max: int | None,
+               template: str | None = None) -> dict:
+    """The key's material, kept in each record so a reader can see why two records differ.
+
+    `template` (the name of the template that rendered the prompt, with --template) is part of the
+    key only when given, so runs on the data file's own prompts keep their keys."""
     if mode == "score":  # length and prefill do not matter to a single forward pass; K does
         gen = {"answer_prefix": settings.answer_prefix, "system": settings.system, "k_max": k_max}
     else:
         gen = settings.to_dict()
-    return {"model": identity, "example_id": ex.id, "prompt_hash": ex.prompt_hash, "mode": mode,
-            "settings": gen, "parser_version": PARSER_VERSION}
+    fields = {"model": identity, "example_id": ex.id, "prompt_hash": ex.prompt_hash, "mode": mode,
+              "settings": gen, "parser_version": PARSER_VERSION}
+    if template is not None:
+        fields["template"] = template
+    return fields
 
 
 def record_key(fields: dict) -> str:
@@ -78,7 +87,7 @@ def record_key(fields: dict) -> str:
 def _base(model: str, ex: BenchExample, mode: str, fields: dict, status: str) -> dict:
     return dict(key=record_key(fields), model=model, example_id=ex.id, line=ex.line, prompt_hash=ex.prompt_hash,
                 mode=mode, answer=ex.answer, category=ex.category, list_length=ex.list_length, status=status,
-                key_fields=fields)
+                template=fields.get("template"), key_fields=fields)
 
 
 def from_completion(model: str, ex: BenchExample, fields: dict, c: Completion) -> Record:

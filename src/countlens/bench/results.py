@@ -44,6 +44,7 @@ class ModelMetrics(BaseModel):
     model: str
     mode: str
     n: int
+    template: str | None = None      # set when the run renders its own templates (--template)
     completed: int
     accuracy: float
     accuracy_strict: float
@@ -59,6 +60,12 @@ class ModelMetrics(BaseModel):
     confusion: Confusion
     tokens: Tokens
     score: ScoreStats | None = None
+    # Wilson intervals of every proportion above: {"accuracy": [low, high], "parse_error_rate": ...}
+    intervals: dict[str, list[float]] = {}
+
+    @property
+    def label(self) -> str:
+        return self.model if self.template is None else f"{self.model} · {self.template}"
 
 
 class Comparison(BaseModel):
@@ -67,6 +74,7 @@ class Comparison(BaseModel):
     model_a: str
     model_b: str
     n: int
+    template: str | None = None      # both models on the same template's prompts
     accuracy_a: float
     accuracy_b: float
     difference: float
@@ -78,20 +86,77 @@ class Comparison(BaseModel):
     mcnemar_p: float
 
 
+class TemplateRow(BaseModel):
+    """One model on one template's prompts; the interval is Wilson's."""
+
+    template: str
+    n: int
+    accuracy: float
+    ci_low: float
+    ci_high: float
+    accuracy_strict: float
+    parse_error_rate: float
+    p_correct: float | None = None   # score mode
+
+
+class TemplatePair(BaseModel):
+    """The same model and examples under two templates: a minus b. McNemar exact on the discordant
+    pairs (b: right under a only, c: right under b only); Holm-adjusted over the model's pairs."""
+
+    template_a: str
+    template_b: str
+    n: int
+    accuracy_a: float
+    accuracy_b: float
+    difference: float
+    ci_low: float
+    ci_high: float
+    bootstrap_p: float
+    mcnemar_b: int
+    mcnemar_c: int
+    mcnemar_p: float
+    mcnemar_p_holm: float
+
+
+class TemplateTable(BaseModel):
+    model: str
+    templates: list[TemplateRow]
+    pairs: list[TemplatePair]
+    spread: float                    # best minus worst template accuracy
+
+
+class TemplatesSection(BaseModel):
+    """Prompt sensitivity: every model on every template, paired on the same examples."""
+
+    names: list[str]
+    interval: str
+    difference_ci: str
+    test: str
+    models: list[TemplateTable]
+
+
 class BenchSummary(BaseModel):
     models: list[ModelMetrics]
     comparisons: list[Comparison]
     config: dict[str, Any]
     files: dict[str, Any] = {}
+    templates: TemplatesSection | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        return self.model_dump(mode="json")
+        """summary.json; a run without --template has no template keys at all (the file as before)."""
+        d = self.model_dump(mode="json")
+        if d["templates"] is None:
+            del d["templates"]
+        for row in (*d["models"], *d["comparisons"]):
+            if row.get("template") is None:
+                row.pop("template", None)
+        return d
 
     def to_frame(self):
         """One row per model: the headline metrics (slices stay in `models[i]`)."""
         import pandas as pd
 
-        keep = ("model", "mode", "n", "accuracy", "accuracy_strict", "ci_low", "ci_high", "parse_error_rate",
+        keep = ("model", *(("template",) if self.templates else ()), "mode", "n", "accuracy", "accuracy_strict", "ci_low", "ci_high", "parse_error_rate",
                 "numerical_error_rate", "api_error_rate", "mean_signed_error")
         return pd.DataFrame([{k: getattr(m, k, None) for k in keep} for m in self.models])
 
@@ -100,5 +165,6 @@ class BenchSummary(BaseModel):
 
         return draw(self, out)
 
-    def model_by_name(self, spec: str) -> ModelMetrics:
-        return next(m for m in self.models if m.model == spec)
+    def model_by_name(self, spec: str, template: str | None = None) -> ModelMetrics:
+        """The model's metrics; with several templates, the first template's unless one is named."""
+        return next(m for m in self.models if m.model == spec and (template is None or m.template == template))

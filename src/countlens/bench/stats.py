@@ -1,4 +1,5 @@
-"""Statistics for benchmark tables: bootstrap CIs, McNemar's exact test, paired bootstrap, ECE.
+"""Statistics for benchmark tables: Wilson intervals for proportions, bootstrap CIs for means and
+paired differences, McNemar's exact test, Holm's adjustment, ECE.
 
 Seeded, so the same records always give the same table (a resumed run equals an uninterrupted one).
 """
@@ -9,8 +10,20 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from countlens.stats import interval_label, wilson_ci
+
 N_BOOT = 2000
 SEED = 0
+LEVEL = 0.95
+INTERVAL = interval_label(LEVEL)            # proportions (accuracy, slices, error rates)
+CI = f"percentile bootstrap, 95%, {N_BOOT} resamples, seed {SEED} (paired differences)"
+MCNEMAR = "exact binomial on the discordant pairs, two-sided"
+
+
+def proportion_ci(flags, level: float = LEVEL) -> tuple[float, float]:
+    """Wilson interval of the share of true values in `flags` (0/1 or bools)."""
+    flags = np.asarray(flags, dtype=bool)
+    return wilson_ci(int(flags.sum()), int(flags.size), level)
 
 
 def bootstrap_ci(values: np.ndarray, n_boot: int = N_BOOT, seed: int = SEED, level: float = 0.95
@@ -45,6 +58,18 @@ def mcnemar_exact(b: int, c: int) -> float:
     from scipy.stats import binomtest
 
     return 1.0 if b + c == 0 else float(binomtest(min(b, c), b + c, 0.5).pvalue)
+
+
+def holm(pvalues: list[float]) -> list[float]:
+    """Holm's step-down adjustment of a family of p-values (same order as given)."""
+    m = len(pvalues)
+    order = sorted(range(m), key=lambda i: pvalues[i])
+    out = [1.0] * m
+    running = 0.0
+    for rank, i in enumerate(order):
+        running = max(running, min(1.0, (m - rank) * pvalues[i]))
+        out[i] = running
+    return out
 
 
 def paired_compare(a: np.ndarray, b: np.ndarray, n_boot: int = N_BOOT, seed: int = SEED) -> Paired:
