@@ -159,12 +159,16 @@ def patch(
     pair_rows = load_pairs(pairs, n)
     handle = load(model, device=device, dtype=dtype, device_map=device_map, prompt_format=prompt_format)
     with tqdm(total=len(pair_rows) * len(dirs), desc="patch", unit="pair", file=sys.stderr) as bar:
-        result = run_patching(handle, pair_rows, opts, progress=bar.update)
+        result = run_patching(handle, pair_rows, opts, progress=bar.update, log=log)
     summary = save_result(result, out) | {"out": str(out), "model": model}
-    curve = "  ".join(f"{e['layer']}:{e['mean']:.2f}" for e in summary["per_layer"])
-    emit(summary, as_json, f"kept {summary['kept_pairs']}/{summary['total_pairs']} pairs "
-                           f"(dropped_misaligned {summary['dropped_misaligned']}); {summary['direction']} "
-                           f"normalised effect by layer (resid, last position): {curve}\nwrote {out}")
+    lines = [f"kept {summary['kept_pairs']}/{summary['total_pairs']} pairs (dropped_misaligned "
+             f"{summary['dropped_misaligned']})" + (f"; {summary['filter_fallback']}" if summary.get("filter_fallback")
+                                                    else "")]
+    for d, ds in summary["by_direction"].items():
+        curve = "  ".join(f"{e['layer']}:{e['mean']:.2f}" for e in ds["per_layer"])
+        lines.append(f"{d}: normalised effect by layer (resid, last position; {ds['informative_pairs']} pairs with "
+                     f"|LD gap| > {ds['ld_gap_threshold']}): {curve}")
+    emit(summary, as_json, "\n".join(lines + [f"wrote {out}"]))
 
 
 @app.command()

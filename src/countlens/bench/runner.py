@@ -120,7 +120,8 @@ def run_bench(models: list[str] | str, data: str | Path, out: str | Path, *, n: 
               device: str | None = None, dtype: str | None = None, device_map: str | None = None,
               batch_size: int = 64, timeout: float = 60.0, max_retries: int = 6, retry: RetryPolicy | None = None,
               figures: bool = True, progress: bool | Progress = True,
-              templates: list[str | Template] | str | Template | None = None) -> BenchSummary:
+              templates: list[str | Template] | str | Template | None = None,
+              handles: dict[str, Any] | None = None) -> BenchSummary:
     """Benchmark each model on the first `n` rows of `data`; write DIR/summary.json, records, figures.
 
     `templates` (built-in names, YAML/JSON files or Template objects): render every row with each
@@ -128,12 +129,18 @@ def run_bench(models: list[str] | str, data: str | Path, out: str | Path, *, n: 
     model x template, comparisons between models per template, and a `templates` section (accuracy
     with a Wilson interval per template, McNemar between templates on the same examples).
     Rerunning the same call resumes: finished records (same key) are skipped, API errors retried.
+    `handles` maps a local model's SPEC to an already loaded ModelHandle (the study loads once).
     """
     if mode not in MODES:
         raise InputError(f"--mode must be one of {', '.join(MODES)}, got '{mode}'")
     if max_new_tokens < 1:
         raise InputError("--max-new-tokens must be at least 1")
     specs = _specs(models, mode)
+    from countlens.models.registry import preflight
+
+    for spec in specs:  # a model that cannot load fails before any file is written
+        if spec.kind == "hf" and spec.label not in (handles or {}):
+            preflight(spec.name)
     tpls = _templates(templates)
     examples = load_examples(data, n)
     variants: dict[str | None, list[BenchExample]] = (
@@ -152,7 +159,8 @@ def run_bench(models: list[str] | str, data: str | Path, out: str | Path, *, n: 
     try:
         for spec in specs:
             backend = make_backend(spec, prompt_format=prompt_format, api=api, device=device, dtype=dtype,
-                                   device_map=device_map, batch_size=batch_size)
+                                   device_map=device_map, batch_size=batch_size,
+                                   handle=(handles or {}).get(spec.label))
             settings = base_settings
             if prefill and mode == "generate" and not backend.supports_prefill:
                 prog.note(f"{spec.label}: this backend cannot pre-fill the reply; sending the prompt unchanged")

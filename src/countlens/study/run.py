@@ -83,6 +83,11 @@ class Study:
             summary = generate_dataset(self.data_file, c.n, c.seed, template=tpl, lexicon=c.lexicon,
                                        min_len=c.min_len, max_len=c.max_len, max_count=c.max_count)
         write_json(d / "summary.json", summary)
+        from countlens.io import read_jsonl
+        from countlens.study.describe import describe_model
+
+        first = next(obj for _, obj in read_jsonl(self.data_file, 1))
+        write_json(self.out / "model.json", describe_model(self.handle, _template(self.cfg, self.handle), first))
         return summary
 
     def pairs(self, d: Path) -> Any:
@@ -101,7 +106,8 @@ class Study:
             results[mode] = run_bench([self.cfg.model], self.data_file, d / mode, n=c.n, mode=mode,
                                       prompt_format=self.cfg.prompt_format, max_new_tokens=c.max_new_tokens,
                                       device=self.cfg.device, dtype=self.cfg.dtype, device_map=self.cfg.device_map,
-                                      batch_size=c.batch_size, progress=False)
+                                      batch_size=c.batch_size, progress=False,
+                                      handles={self.cfg.model: self.handle})
         return results
 
     def patch(self, d: Path) -> Any:
@@ -111,7 +117,7 @@ class Study:
         opts = PatchOptions(sites=tuple(c.sites), positions=c.positions, directions=tuple(c.directions),
                             method=c.method, batch_size=c.batch_size, filter=c.filter, generate=c.generate,
                             template=self.cfg.template)
-        result = run_patching(self.handle, load_pairs(self.out / "pairs" / "pairs.jsonl"), opts)
+        result = run_patching(self.handle, load_pairs(self.out / "pairs" / "pairs.jsonl"), opts, log=self.log)
         save_result(result, d)
         return result
 
