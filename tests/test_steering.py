@@ -1,13 +1,18 @@
 import json
 
+import numpy as np
+import pandas as pd
 import pytest
 import torch
 
 from conftest import run_cli
 from countlens.data.generate import generate_examples
+from countlens.errors import InputError
+from countlens.interp import kvcache
 from countlens.interp.sites import Site
-from countlens.interp.steering import SteerOptions, count_logprobs, encode_rows, run_steering
-from countlens.models.handle import load
+from countlens.interp.steering import (SteerOptions, _row_bytes, count_logprobs, count_logprobs_last, encode_rows,
+                                       run_steering)
+from countlens.models.handle import load, pad_left
 
 
 def test_scale_zero_reproduces_the_unsteered_logits_exactly(tiny_models):
@@ -70,3 +75,68 @@ def test_steer_cli(tmp_path):
     assert (out / "steer_dose_response.png").exists() and (out / "table.parquet").exists()
     bad = run_cli("steer", "--data", str(data), "--out", str(out), "--vector", "nope")
     assert bad.returncode == 2 and "mean-diff" in bad.stderr
+
+
+def _random_configs(h, B: int, scales=(0.0, 1.0, -2.0, 4.0)):
+    g = torch.Generator().manual_seed(1)
+    d = h.model.config.hidden_size
+    configs = []
+    for layer in ["emb", *range(h.n_layers)]:
+        v = (torch.randn(B, d, generator=g) * 2).numpy()
+        configs += [(Site("resid", layer), v, s) for s in scales]
+    return configs
+
+
+@pytest.mark.parametrize("arch", ["llama", "gpt2", "organism"])
+def test_fast_last_position_equals_the_reference(arch, tiny_models):
+    """One prompt forward + single-token forwards over its KV cache == a full forward per setting (1e-4,
+    float32), with left padding (rows of different lengths), whatever the chunking by memory budget."""
+    h = load("organism" if arch == "organism" else tiny_models[arch], device="cpu")
+    tpl = h.template(None if arch == "organism" else "short")
+    enc = encode_rows(h, generate_examples(8, 3, template=tpl), tpl)
+    assert len(set(map(len, enc.ids))) > 1  # the batch is left-padded
+    toks = [a[0] for a in h.answer_tokens(5, tpl.answer_prefix)]
+    idx = list(range(8))
+    configs = _random_configs(h, len(idx))
+    base = count_logprobs(h, enc, idx, toks)
+    ref = torch.stack([count_logprobs(h, enc, idx, toks, site, v, s, "last") for site, v, s in configs])
+    batch = pad_left(enc.ids, h.pad_id)
+    kv = kvcache.kv_tensors(kvcache.output_cache(kvcache.forward(h.model, **batch)))
+    row = _row_bytes(kv, batch["input_ids"].shape[1] - 1, h.model.config.vocab_size)
+    # all rows in one forward; one row per forward; slices of a setting; 5 whole settings per forward
+    for budget in (1 << 30, 1, 3 * row, 40 * row):
+        fbase, fast = count_logprobs_last(h, enc, idx, toks, configs, budget)
+        assert torch.equal(fbase, base)
+        assert torch.allclose(fast, ref, atol=1e-4, rtol=0), (fast - ref).abs().max()
+        for r, (_, _, s) in enumerate(configs):
+            if s == 0.0:
+                assert torch.equal(fast[r], base)  # scale 0: the unsteered logits exactly
+            else:
+                assert not torch.allclose(fast[r], base, atol=1e-3)
+
+
+def test_fast_sweep_equals_the_reference_on_the_organism():
+    h = load("organism", device="cpu")
+    rows = generate_examples(60, 4, template=h.template())
+    common = dict(layers=("emb", 2, 3), scales=(0.0, 1.0, -1.5), generate=False, batch_size=16, n_boot=10)
+    fast = run_steering(h, rows, SteerOptions(**common, memory_budget=8 << 20)).table  # chunked rows
+    ref = run_steering(h, rows, SteerOptions(**common, method="reference")).table
+    assert len(fast) == len(ref) > 0
+    for col in ("expected", "p_target", "count_mass"):
+        assert np.allclose(fast[col], ref[col], atol=1e-4, rtol=0), col
+    for col in ("example", "n", "vector", "layer", "scale", "answer", "base_answer"):
+        assert (fast[col] == ref[col]).all(), col
+    zero = fast.scale == 0
+    assert (fast[zero].expected.to_numpy() == ref[zero].expected.to_numpy()).all()
+
+
+def test_other_positions_and_the_method_option(tiny_models):
+    h = load(tiny_models["llama"], device="cpu")
+    rows = generate_examples(40, 2, template="short")
+    common = dict(layers=(1,), scales=(0.0, 2.0), vectors=("mean-diff", "random"), generate=False, n_boot=10,
+                  template="short", batch_size=8)
+    fast = run_steering(h, rows, SteerOptions(**common, positions="from-list")).table
+    ref = run_steering(h, rows, SteerOptions(**common, positions="from-list", method="reference")).table
+    pd.testing.assert_frame_equal(fast, ref)  # from-list / all always take the full-forward path
+    with pytest.raises(InputError, match="fast or reference"):
+        run_steering(h, rows, SteerOptions(**common, method="cached"))

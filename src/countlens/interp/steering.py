@@ -10,10 +10,17 @@ Vectors per layer, from activations of *training* examples at the answer positio
 Scale s adds s x vector (s = 1: the full class-mean difference). Evaluation is on held-out
 examples (never those the vectors came from): the distribution over the count tokens at the
 answer position (score mode), and at the chosen settings greedy generation, parsed.
+
+Fast path (positions "last", method "fast"): steering there changes only the answer position,
+so each held-out batch runs one unsteered forward, keeps the KV cache of every position but
+the last, and recomputes only the last token for every (layer, vector, scale) at once, as rows
+of single-token forwards over copies of that cache (`count_logprobs_last`). The reference
+(`method="reference"`, and always for positions from-list / all) runs a full forward per setting.
 """
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -26,7 +33,8 @@ import torch
 from countlens.bench.parse import parse_lenient
 from countlens.data.templates import Template
 from countlens.errors import InputError
-from countlens.interp.sites import Site, capture
+from countlens.interp import kvcache
+from countlens.interp.sites import Site, capture, hook
 from countlens.models.handle import ModelHandle, keep_logits, pad_left
 from countlens.stats import bootstrap_ci
 
@@ -47,6 +55,8 @@ class SteerOptions:
     n_boot: int = 1000
     seed: int = 0
     template: str | None = None
+    method: str = "fast"                 # fast (KV-cached last position; positions=last) | reference
+    memory_budget: int = 1 << 30         # bytes of KV-cache copies (+ logits) per fast forward
 
 
 @dataclass
@@ -163,11 +173,114 @@ def count_logprobs(handle: ModelHandle, enc: Encoded, idx: list[int], count_toke
     return torch.log_softmax(logits.float(), -1)[:, count_tokens].cpu()
 
 
+def _row_bytes(kv: list[tuple[torch.Tensor, torch.Tensor]], length: int, vocab: int) -> int:
+    """Bytes one row of a single-token forward after a `length` cache holds: its KV copies, its logits.
+
+    Two copies of the row's KV: the tiled source the rows share across forwards, and the cache's own
+    (`DynamicLayer.update` concatenates; during the forward it grows by the new position). An upper
+    bound for sliding-window layers, which keep fewer positions.
+    """
+    per_pos = sum(k[0, :, 0].numel() * k.element_size() + v[0, :, 0].numel() * v.element_size() for k, v in kv)
+    return 2 * per_pos * (length + 1) + 3 * 4 * vocab
+
+
+def _forward_plan(todo: list[int], B: int, max_rows: int) -> tuple[int, list[list[tuple[int, int, int]]]]:
+    """Forwards as lists of (setting, first example, end example) segments, config-major.
+
+    max_rows >= B: whole settings, n = max_rows // B of them per forward, so every forward's rows are
+    the batch tiled (up to) n times (one shared tiled copy of the prompt KV, sliced as views).
+    max_rows < B: slices of one setting's examples (contiguous, hence views of the prompt KV).
+    """
+    if max_rows >= B:
+        n = min(len(todo), max_rows // B)
+        return n, [[(r, 0, B) for r in todo[c:c + n]] for c in range(0, len(todo), n)]
+    return 1, [[(r, a, min(a + max_rows, B))] for r in todo for a in range(0, B, max_rows)]
+
+
+@torch.no_grad()
+def count_logprobs_last(handle: ModelHandle, enc: Encoded, idx: list[int], count_tokens: list[int],
+                        configs: list[tuple[Site, Any, float]], memory_budget: int = 1 << 30
+                        ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Last-position steering of many settings from one prompt forward: (base [B, C], steered [R, B, C]).
+
+    configs: (site, per-example vectors [B, d], scale) per setting; scale s adds s x vector at the
+    answer position only, as `count_logprobs(..., positions="last")` does. One unsteered forward of
+    the left-padded batch gives the base log-probs and the KV cache of every position; every
+    setting with a non-zero scale then recomputes only the last token (input_ids [rows, 1], its own
+    position id, the attention mask over the whole width), the settings stacked as rows
+    (config-major) of single-token forwards, each over a fresh cache built from the prompt KV
+    without its last position, repeated per row; rows are chunked so that their KV copies (and
+    logits) stay under `memory_budget` bytes (`_row_bytes`). Scale 0 returns the base log-probs
+    themselves (exactly). CUDA out of memory halves the rows per forward.
+    """
+    model, cfg = handle.model, handle.model.config
+    batch = pad_left([enc.ids[i] for i in idx], handle.pad_id, handle.device)
+    ids, mask, pos = batch["input_ids"], batch["attention_mask"], batch["position_ids"]
+    B, W = ids.shape
+    out = kvcache.forward(model, input_ids=ids, attention_mask=mask, position_ids=pos, last_logits=True)
+    base = torch.log_softmax(out.logits[:, -1].float(), -1)[:, count_tokens].cpu()
+    kv = kvcache.kv_tensors(kvcache.output_cache(out))
+    del out
+    steered = base[None].repeat(len(configs), 1, 1)
+    todo = [r for r, (_, _, scale) in enumerate(configs) if scale != 0.0]
+    if not todo:
+        return base, steered
+    prefix = [(k[:, :, :W - 1], v[:, :, :W - 1]) for k, v in kv]
+    del kv
+    vocab = int(getattr(cfg, "vocab_size", None) or model.get_output_embeddings().weight.shape[0])
+    max_rows = max(1, int(memory_budget) // _row_bytes(prefix, W - 1, vocab))
+    while True:
+        try:
+            _steer_rows(handle, configs, todo, prefix, ids, mask, pos, count_tokens, max_rows, steered)
+            return base, steered
+        except torch.cuda.OutOfMemoryError:
+            if max_rows == 1:
+                raise
+            torch.cuda.empty_cache()
+            max_rows = max(1, max_rows // 2)
+
+
+def _steer_rows(handle, configs, todo, prefix, ids, mask, pos, count_tokens, max_rows, steered) -> None:
+    """The single-token forwards of `count_logprobs_last`, written into steered[setting, example]."""
+    model, cfg = handle.model, handle.model.config
+    B, W = ids.shape
+    n, plan = _forward_plan(todo, B, max_rows)
+    tiled = [(k.repeat(n, 1, 1, 1), v.repeat(n, 1, 1, 1)) for k, v in prefix] if n > 1 else prefix
+    for segs in plan:
+        ex = torch.cat([torch.arange(a, e) for _, a, e in segs]).to(ids.device)
+        if len(segs) > 1 or (segs[0][1], segs[0][2]) == (0, B):   # whole settings: the tiled rows
+            rows_kv = [(k[:len(ex)], v[:len(ex)]) for k, v in tiled]
+        else:                                                      # a slice of one setting's examples
+            a, e = segs[0][1], segs[0][2]
+            rows_kv = [(k[a:e], v[a:e]) for k, v in prefix]
+        # per site: the rows it steers and by how much (the answer position is the only one)
+        by_site: dict[Site, tuple[list[torch.Tensor], list[torch.Tensor]]] = {}
+        at = 0
+        for r, a, e in segs:
+            site, vectors, scale = configs[r]
+            rows, deltas = by_site.setdefault(site, ([], []))
+            rows.append(torch.arange(at, at + e - a))
+            deltas.append(torch.as_tensor(vectors, dtype=torch.float32)[a:e] * scale)
+            at += e - a
+        with contextlib.ExitStack() as stack:
+            for site, (rows, deltas) in by_site.items():
+                def fn(x, rows=torch.cat(rows).to(ids.device), d=torch.cat(deltas).to(ids.device)):  # x [rows, 1, d]
+                    return x.index_add(0, rows.to(x.device), d.to(x.device, x.dtype)[:, None, :])
+                stack.enter_context(hook(handle, site, fn))
+            o = kvcache.forward(model, cache=kvcache.build_cache(rows_kv, cfg, W - 1),
+                                input_ids=ids[ex, W - 1:], attention_mask=mask[ex],
+                                position_ids=pos[ex, W - 1:], last_logits=True)
+        lp = torch.log_softmax(o.logits[:, -1].float(), -1)[:, count_tokens].cpu()
+        del o
+        at = 0
+        for r, a, e in segs:
+            steered[r, a:e] = lp[at:at + e - a]
+            at += e - a
+
+
 def _add_rows(handle, site: Site, v: torch.Tensor, enc: Encoded, idx: list[int], W: int, positions: str,
               prefill_only: bool = False):
     """Add per-row vectors v [B, d] at the chosen positions (during generation: prompt end onwards)."""
-    from countlens.interp.sites import hook
-
     starts = torch.tensor([W - len(enc.ids[i]) + enc.list_start[i] for i in idx])
 
     def fn(x):
@@ -190,7 +303,6 @@ def _add_rows(handle, site: Site, v: torch.Tensor, enc: Encoded, idx: list[int],
 def generate_steered(handle, enc, idx, site, vectors, scale, positions, max_new_tokens, prefix) -> list[int | None]:
     batch = pad_left([enc.ids[i] for i in idx], handle.pad_id, handle.device)
     W = batch["input_ids"].shape[1]
-    import contextlib
     ctx = _add_rows(handle, site, torch.as_tensor(vectors, dtype=torch.float32) * scale, enc, idx, W, positions) \
         if scale != 0.0 else contextlib.nullcontext()
     with ctx:
@@ -205,15 +317,34 @@ def _layer_key(layer) -> int:
     return -1 if layer == "emb" else int(layer)
 
 
-def run_steering(handle: ModelHandle, rows: list[dict], opts: SteerOptions | None = None,
-                 progress: Callable[[int], None] | None = None) -> SteerResult:
-    """Fit vectors on the first `train_frac` of rows, sweep layers x scales x vectors on the rest."""
-    opts = opts or SteerOptions()
+@dataclass
+class SweepInputs:
+    """Everything the layers x vectors x scales sweep needs, fitted on the training rows."""
+    template: Template
+    max_count: int
+    count_tokens: list[int]
+    layers: list
+    n_train: int
+    n_test: int
+    test: Encoded
+    vecs: dict[Any, LayerVectors]
+    eval_idx: list[int]          # held-out examples with N < K (N -> N+1 is evaluated)
+    chunks: list[list[int]]      # eval_idx in batches of opts.batch_size
+    per_ex: dict[tuple, np.ndarray]   # (layer, kind) -> [n_eval, d] float32: each example's N -> N+1 vector
+    settings: list[tuple]        # (layer, kind, scale) in table order
+
+
+def prepare_sweep(handle: ModelHandle, rows: list[dict], opts: SteerOptions) -> SweepInputs:
+    """Check options, split rows, fit vectors on the training part, lay out the held-out sweep."""
     for v in opts.vectors:
         if v not in VECTORS:
             raise InputError(f"--vector: unknown '{v}' (choose from mean-diff, probe, both, or {', '.join(VECTORS)})")
     if opts.positions not in ("last", "from-list", "all"):
         raise InputError(f"--positions must be last, from-list or all (got '{opts.positions}')")
+    if opts.method not in ("fast", "reference"):
+        raise InputError(f"steering method must be fast or reference (got '{opts.method}')")
+    if opts.memory_budget <= 0:
+        raise InputError(f"memory_budget must be a positive number of bytes (got {opts.memory_budget})")
     tpl = handle.template(opts.template)
     n_train = int(len(rows) * opts.train_frac)
     train_rows, test_rows = rows[:n_train], rows[n_train:]
@@ -231,20 +362,45 @@ def run_steering(handle: ModelHandle, rows: list[dict], opts: SteerOptions | Non
     vecs = {layer: fit_vectors(acts[layer], train.answers, opts.seed, i) for i, layer in enumerate(layers)}
     # Evaluate N -> N+1 on held-out examples with N < K.
     eval_idx = [i for i in range(len(test.ids)) if test.answers[i] < K]
+    missing = sorted({int(c) for i in eval_idx for c in (test.answers[i], test.answers[i] + 1)}
+                     - {int(c) for c in train.answers})
+    if missing:
+        raise InputError(f"counts {missing} occur in the held-out part but not among the {n_train} training "
+                         f"examples, so they have no class mean: use more examples or balanced halves")
     chunks = [eval_idx[i:i + opts.batch_size] for i in range(0, len(eval_idx), opts.batch_size)]
-    base_lp = torch.cat([count_logprobs(handle, test, c, count_tokens) for c in chunks])
+    per_ex = {(layer, kind): np.stack([vecs[layer].vector(kind, int(test.answers[i]), int(test.answers[i]) + 1)
+                                       for i in eval_idx]).astype(np.float32)
+              for layer in layers for kind in opts.vectors}
+    settings = [(layer, kind, float(scale)) for layer in layers for kind in opts.vectors for scale in opts.scales]
+    return SweepInputs(tpl, K, count_tokens, layers, n_train, len(test_rows), test, vecs, eval_idx, chunks,
+                       per_ex, settings)
+
+
+def sweep(handle: ModelHandle, inp: SweepInputs, opts: SteerOptions) -> tuple[torch.Tensor, dict]:
+    """(unsteered log-probs [n_eval, K+1], {(layer, kind, scale): steered log-probs [n_eval, K+1]}).
+
+    positions "last" with method "fast" reuses each batch's KV cache (`count_logprobs_last`);
+    otherwise (method "reference", positions from-list / all) a full forward per setting and batch.
+    """
+    args = (handle, inp.test, inp.chunks, inp.count_tokens, inp.settings, inp.per_ex)
+    if opts.method == "fast" and opts.positions == "last":
+        return _sweep_fast(*args, opts.memory_budget)
+    return _sweep_reference(*args, opts.positions)
+
+
+def run_steering(handle: ModelHandle, rows: list[dict], opts: SteerOptions | None = None,
+                 progress: Callable[[int], None] | None = None) -> SteerResult:
+    """Fit vectors on the first `train_frac` of rows, sweep layers x scales x vectors on the rest."""
+    opts = opts or SteerOptions()
+    inp = prepare_sweep(handle, rows, opts)
+    test, eval_idx, layers, K = inp.test, inp.eval_idx, inp.layers, inp.max_count
+    base_lp, lps = sweep(handle, inp, opts)
     base_ans = base_lp.argmax(-1).numpy()
     records = []
     for layer in layers:
-        site = Site("resid", layer)
         for kind in opts.vectors:
-            per_ex = np.stack([vecs[layer].vector(kind, int(test.answers[i]), int(test.answers[i]) + 1)
-                               for i in eval_idx])
             for scale in opts.scales:
-                lp = base_lp if scale == 0.0 else torch.cat([
-                    count_logprobs(handle, test, c, count_tokens, site,
-                                   per_ex[j0:j0 + len(c)], scale, opts.positions)
-                    for j0, c in zip(range(0, len(eval_idx), opts.batch_size), chunks)])
+                lp = lps[(layer, kind, float(scale))]
                 p = lp.exp()
                 ans = lp.argmax(-1).numpy()
                 expected = (p * torch.arange(K + 1)).sum(-1).numpy() / p.sum(-1).numpy()
@@ -262,11 +418,40 @@ def run_steering(handle: ModelHandle, rows: list[dict], opts: SteerOptions | Non
     table["shift"] = table.answer - table.base_answer
     summary, transitions = summarize(table, layers, handle.n_layers, opts, K)
     if opts.generate:
-        summary["generate"] = _generate_checks(handle, test, eval_idx, vecs, summary, opts, tpl.answer_prefix)
-    summary |= {"n_train": n_train, "n_test": len(test_rows), "n_eval": len(eval_idx), "max_count": K,
+        summary["generate"] = _generate_checks(handle, test, eval_idx, inp.vecs, summary, opts,
+                                               inp.template.answer_prefix)
+    summary |= {"n_train": inp.n_train, "n_test": inp.n_test, "n_eval": len(eval_idx), "max_count": K,
                 "layers": [str(x) for x in layers], "options": asdict(opts), "unsteered_accuracy":
                 float((base_ans == test.answers[eval_idx]).mean())}
     return SteerResult(table=table, summary=summary, transitions=transitions)
+
+
+def _sweep_reference(handle, test, chunks, count_tokens, settings, per_ex, positions):
+    """A full forward per (setting, batch); scale 0 is the unsteered run itself."""
+    base_lp = torch.cat([count_logprobs(handle, test, c, count_tokens) for c in chunks])
+    starts = [sum(len(c) for c in chunks[:k]) for k in range(len(chunks))]
+    lps = {}
+    for layer, kind, scale in settings:
+        lps[(layer, kind, scale)] = base_lp if scale == 0.0 else torch.cat([
+            count_logprobs(handle, test, c, count_tokens, Site("resid", layer),
+                           per_ex[(layer, kind)][j0:j0 + len(c)], scale, positions)
+            for j0, c in zip(starts, chunks)])
+    return base_lp, lps
+
+
+def _sweep_fast(handle, test, chunks, count_tokens, settings, per_ex, memory_budget):
+    """Every setting of a batch from that batch's one prompt forward (`count_logprobs_last`)."""
+    bases, outs, j0 = [], [], 0
+    for c in chunks:
+        configs = [(Site("resid", layer), per_ex[(layer, kind)][j0:j0 + len(c)], scale)
+                   for layer, kind, scale in settings]
+        base, steered = count_logprobs_last(handle, test, c, count_tokens, configs, memory_budget)
+        bases.append(base)
+        outs.append(steered)
+        j0 += len(c)
+    base_lp, steered = torch.cat(bases), torch.cat(outs, 1)
+    lps = {key: (base_lp if key[2] == 0.0 else steered[r]) for r, key in enumerate(settings)}
+    return base_lp, lps
 
 
 def _best(t: pd.DataFrame, layers: list[str]) -> dict | None:
