@@ -25,6 +25,20 @@ app.add_typer(organism_app, name="organism")
 JSON = typer.Option(False, "--json", help="Print one JSON summary object on stdout.")
 
 
+def _version(value: bool) -> None:
+    if value:
+        from countlens import __version__
+
+        sys.stdout.write(f"countlens {__version__}\n")
+        raise typer.Exit()
+
+
+@app.callback()
+def _main(version: bool = typer.Option(False, "--version", callback=_version, is_eager=True,
+                                       help="Print the version and exit.")) -> None:
+    """countlens: how does a language model count?"""
+
+
 def emit(summary: dict[str, Any], as_json: bool, human: str | None = None) -> None:
     """The one place that writes a command's result to stdout."""
     if as_json:
@@ -48,7 +62,7 @@ def check_model(model: str | None) -> None:
 @app.command()
 def lexicon(name: str = typer.Option("clean-v1", "--lexicon", help="Built-in name or YAML/JSON file."),
             as_json: bool = JSON) -> None:
-    """Print a lexicon: {"categories": {name: [words]}, "noise": [words]}."""
+    """Print a lexicon: {"categories": {name: \\[words]}, "noise": \\[words]}."""
     from countlens.data.lexicon import load_lexicon
 
     lex = load_lexicon(name)

@@ -26,7 +26,10 @@ def _pct(x: Any) -> str:
 
 
 def _num(x: Any, nd: int = 2) -> str:
-    return "n/a" if x is None or x != x else f"{float(x):.{nd}f}"
+    if x is None or x != x:
+        return "n/a"
+    text = f"{float(x):.{nd}f}"
+    return text[1:] if text.startswith("-") and float(text) == 0 else text  # no "-0.00"
 
 
 def _ci(e: dict, key="accuracy", lo="ci_low", hi="ci_high", pct=True) -> str:
@@ -46,19 +49,62 @@ def run_section(out: Path, cfg: Any) -> list[Block]:
     env = _load(out / "environment.json") or {}
     timings = _load(out / "timings.json") or {}
     data = _load(out / "data" / "summary.json") or {}
+    model = _load(out / "model.json") or {}
     blocks: list[Block] = [("h2", ("run", "What ran"))]
-    rows = [["model", cfg.model], ["preset", cfg.preset], ["template", cfg.template or "model's native"],
-            ["prompt format", cfg.prompt_format], ["examples", str(data.get("rows"))],
-            ["data seed", str(cfg.data.seed)], ["lexicon", cfg.data.lexicon],
-            *[[k, str(v)] for k, v in env.items()],
-            ["stage timings (s)", ", ".join(f"{k} {v}" for k, v in timings.items())]]
+    rows = [["model", cfg.model], ["preset", cfg.preset],
+            ["template", f"{model.get('template') or cfg.template or 'seed-v1'}"
+                         + ("" if cfg.template else " (the model's native template, else seed-v1)")],
+            ["prompt format", f"{model.get('prompt_format', cfg.prompt_format)} (asked: {cfg.prompt_format})"],
+            ["examples", str(data.get("rows"))], ["data seed", str(cfg.data.seed)], ["lexicon", cfg.data.lexicon]]
+    if model:
+        rows += [["architecture", f"{model.get('architecture')}: {model.get('n_layers')} decoder blocks, d_model "
+                                  f"{model.get('d_model')}, {model.get('n_heads')} query heads over "
+                                  f"{model.get('n_kv_heads')} key/value heads, {model.get('parameters', 0) / 1e6:.1f} M "
+                                  f"parameters, {model.get('dtype')} on {model.get('device')}"],
+                 ["system prompt", repr(model["default_system_prompt"]) + " (added by the chat template by default)"
+                  if model.get("default_system_prompt") else "none"],
+                 ["BOS", {"adds": "the tokenizer adds BOS itself; it is in the formatted text",
+                          "has": f"the tokenizer has BOS {model.get('bos_token')!r} but does not add it; raw prompts "
+                                 "get it in front, chat prompts as the template writes them",
+                          "none": "the tokenizer has no BOS token"}.get(model.get("bos_rule"), "n/a")]]
+        if model.get("gguf"):
+            g = model["gguf"]
+            rows.append(["weights", f"dequantized from {Path(g['gguf']).name} (sha256 {g['sha256'][:12]}...): "
+                                    "the numbers describe the quantized release, not the original float weights"])
+    rows += [*[[k, str(v)] for k, v in env.items()],
+             ["stage timings (s)", ", ".join(f"{k} {v}" for k, v in timings.items())]]
+    ran = preset_plan(cfg)
+    rows.append(["what the preset ran", ran])
     org = Path(_organism_meta(cfg.model)) if _organism_meta(cfg.model) else None
     if org and org.exists():
         meta = json.loads(org.read_text())
         rows.append(["organism", f"{meta.get('template')} template, {_pct(meta.get('accuracy'))} greedy on "
                      f"{meta.get('eval', {}).get('n')} fresh examples, {meta.get('steps')} training steps"])
-    blocks.append(("table", (["", ""], rows)))
+    blocks.append(("table", (["setting", "value"], rows)))
+    ex = model.get("example")
+    if ex:
+        named = [t for t in ex["tokens"] if t.get("name")]
+        blocks.append(("p", "One prompt exactly as the model sees it, as tokens (| between tokens), with its named "
+                            "positions: " + "|".join(t["text"] for t in ex["tokens"]).replace("\n", "\\n")))
+        blocks.append(("table", (["token index", "token", "named position"],
+                                 [[str(t["i"]), repr(t["text"]), t["name"]] for t in named])))
     return blocks
+
+
+def preset_plan(cfg: Any) -> str:
+    """The grids the study ran, in words (presets scale with the model)."""
+    p, s = cfg.patch, cfg.steer
+    comps = [k for k in p.sites if k != "resid"]
+    sweeps = "; ".join(([f"resid at {p.positions}"] if "resid" in p.sites else [])
+                       + ([f"{', '.join(comps)} at {p.component_positions}"] if comps else []))
+    gen = ("on layers " + ", ".join(p.generate_layers) if p.generate_layers else "on every layer") \
+        if p.generate else "off"
+    return (f"bench {cfg.bench.n} examples ({', '.join(cfg.bench.modes)}); patching {cfg.pairs.n} pairs: {sweeps}"
+            f" ({', '.join(p.directions)}; generate protocol {gen}); "
+            f"probes {cfg.probes.n} examples at {', '.join(cfg.probes.positions)}"
+            f"{' on layers ' + ','.join(cfg.probes.layers) if getattr(cfg.probes, 'layers', None) else ''}; "
+            f"steering {cfg.steer.n} examples on layers {', '.join(s.layers) if s.layers else 'all'}, scales "
+            f"{', '.join(f'{x:g}' for x in s.scales)}")
 
 
 def _organism_meta(model: str) -> str | None:
@@ -68,9 +114,32 @@ def _organism_meta(model: str) -> str | None:
     return str(p) if p.exists() else None
 
 
+def chance_levels(out: Path) -> dict:
+    """Uniform chance over the answers 0..K and the majority-class rate of the data."""
+    data = _load(out / "data" / "summary.json") or {}
+    by = {int(k): v for k, v in (data.get("by_count") or {}).items()}
+    if not by:
+        return {}
+    return {"uniform": 1 / (max(by) + 1), "majority": max(by.values()) / sum(by.values()), "k": max(by)}
+
+
+def counts_above_chance(out: Path) -> bool | None:
+    """True when every benchmark mode's accuracy interval lies above both chance levels."""
+    ch = chance_levels(out)
+    lows = []
+    for mode in ("generate", "score"):
+        s = _load(out / "bench" / mode / "summary.json")
+        for m in (s or {}).get("models", []):
+            lows.append(m.get("ci_low"))
+    if not lows or not ch or any(x is None for x in lows):
+        return None
+    return min(lows) > max(ch["uniform"], ch["majority"])
+
+
 def bench_section(out: Path) -> list[Block]:
     blocks: list[Block] = [("h2", ("bench", "1. How well does it count? (benchmark)"))]
     rows, figs = [], []
+    ch = chance_levels(out)
     for mode in ("generate", "score"):
         d = out / "bench" / mode
         s = _load(d / "summary.json")
@@ -80,14 +149,14 @@ def bench_section(out: Path) -> list[Block]:
             rows.append([mode, m.get("model"), str(m.get("n")), _ci(m), _pct(m.get("accuracy_strict")),
                          _pct(m.get("parse_error_rate")), _pct(m.get("numerical_error_rate")),
                          _num(m.get("mean_signed_error"))])
+            by = m.get("by_count") or {}
+            if by:
+                blocks.append(("p", f"Accuracy by true count ({mode} mode): " + ", ".join(
+                    f"{k}: {_pct(v.get('accuracy') if isinstance(v, dict) else v)}" for k, v in by.items())))
             if mode == "generate":
-                by = m.get("by_count") or {}
-                if by:
-                    blocks.append(("p", "Accuracy by true count (generate): " + ", ".join(
-                        f"{k}: {_pct(v.get('accuracy') if isinstance(v, dict) else v)}" for k, v in by.items())))
                 byl = m.get("by_list_length") or {}
                 if byl:
-                    blocks.append(("p", "By list length: " + ", ".join(
+                    blocks.append(("p", "By list length (generate mode): " + ", ".join(
                         f"{k}: {_pct(v.get('accuracy') if isinstance(v, dict) else v)}" for k, v in byl.items())))
             else:
                 extra = {k: v for k, v in (m.get("score") or {}).items()
@@ -95,14 +164,25 @@ def bench_section(out: Path) -> list[Block]:
                 if extra:
                     blocks.append(("p", "Score mode (one forward per prompt): " + ", ".join(
                         f"{k.replace('_', ' ')} {_num(v, 3)}" for k, v in extra.items())))
-        figs += _figs(d, ["accuracy.png", "accuracy_by_count.png", "confusion*.png"])
+        figs += [(k, (p, f"{cap} ({mode} mode)")) for k, (p, cap) in
+                 _figs(d, ["accuracy.png", "accuracy_by_count.png", "confusion*.png"])]
     if not rows:
         return blocks + [("p", "The benchmark stage has not run.")]
-    blocks.insert(1, ("table", (["mode", "model", "n", "accuracy [95% CI]", "strict", "parse errors",
+    above = counts_above_chance(out)
+    verdict = ("Every mode's interval lies above both chance levels: the model counts above chance."
+               if above else
+               "The model does NOT count above chance here (some mode's interval reaches a chance level): the "
+               "patching, probing and steering sections below describe where count information flows in "
+               "this model, not how a working counter works." if above is False else "")
+    blocks.insert(1, ("p", f"Chance: uniform over the answers 0..{ch.get('k')} is {_pct(ch.get('uniform'))}; "
+                           f"always answering the most frequent count scores {_pct(ch.get('majority'))}. "
+                           + verdict) if ch else ("p", verdict))
+    blocks.insert(2, ("table", (["mode", "model", "n", "accuracy [95% CI]", "strict", "parse errors",
                                  "numerical errors", "mean signed error"], rows)))
     blocks.append(("p", "Reading: accuracy uses the lenient parser as the original study did; the strict "
-                   "column needs the exact `(N)` form. The interval is a bootstrap over examples: it covers "
-                   "sampling of examples from this generator, not other templates or lexicons."))
+                   "column needs the exact `(N)` form. Intervals are Wilson score intervals (95%) over "
+                   "examples, which stay honest at 0 % and 100 %: they cover sampling of examples from this "
+                   "generator, not other templates or lexicons."))
     return blocks + figs
 
 
@@ -113,20 +193,27 @@ def patch_section(out: Path) -> list[Block]:
     if not s:
         return blocks + [("p", "The patching stage has not run.")]
     pl = s["per_layer"]
-    rows = [[str(e["layer"]), _ci(e, "mean", pct=False), _num(e.get("ratio_of_means")), _pct(e.get("p_target")),
-             _pct(e.get("exact_match"))] for e in pl]
-    first_half = next((e for e in pl if e["mean"] >= 0.5), None)
+    rows = [[str(e["layer"]), _ci(e, "mean", pct=False),
+             _ci(e, "delta_ld", "delta_ld_ci_low", "delta_ld_ci_high", pct=False),
+             _num(e.get("ratio_of_means")), _pct(e.get("p_target")),
+             _ci(e, "exact_match", "exact_match_ci_low", "exact_match_ci_high")] for e in pl]
+    first_half = next((e for e in pl if (e["mean"] or 0) >= 0.5), None)
     blocks += [
-        ("p", f"{s['kept_pairs']} of {s['total_pairs']} minimal pairs kept ("
-              + ("no baseline filter" if s.get("filter") == "none" else
+        ("p", f"{s['kept_pairs']} of {s['total_pairs']} minimal pairs patched ("
+              + (f"FALLBACK: {s['filter_fallback']}, so these are all aligned pairs with logit-difference metrics"
+                 if s.get("filter_fallback") else "no baseline filter" if s.get("filter") == "none" else
                  f"the model answers both prompts correctly, filter '{s.get('filter')}'")
               + f"; {s['dropped_misaligned']} dropped as misaligned under the model's tokenizer). "
-              f"Method: {s['method']}; direction shown: {s['direction']}."),
-        ("table", (["layer", "normalised effect [95% CI]", "ratio of means", "P(target)", "argmax = target"],
-                   rows)),
-        ("p", f"Reading: patching the residual stream at the answer position moves the answer from 0 at "
-              f"'emb' ({_num(pl[0]['mean'], 3)}) to 1 after the last block ({_num(pl[-1]['mean'], 3)}); the "
-              f"effect first passes one half at layer {first_half['layer'] if first_half else 'n/a'}. "
+              f"Method: {s['method']}; direction shown: {s['direction']}. The normalised effect is averaged over "
+              f"the {s.get('informative_pairs', s['kept_pairs'])} pairs whose source and base logit differences "
+              f"differ by more than {s.get('ld_gap_threshold', 0)} logits (mean gap "
+              f"{_num(s.get('mean_ld_gap'))}); the change in logit difference is over every pair."),
+        ("table", (["layer", "normalised effect [95% CI]", "Δ logit diff [95% CI]", "ratio of means", "P(target)",
+                    "argmax = target [95% CI]"], rows)),
+        ("p", f"Reading: the normalised effect of patching the residual stream at the answer position is "
+              f"{_num(pl[0]['mean'], 2)} at 'emb' and {_num(pl[-1]['mean'], 2)} after the last block (0: no "
+              f"change, 1: the patched run behaves like the source prompt); it first passes one half at layer "
+              f"{first_half['layer'] if first_half else 'n/a'}. "
               "Layer L is the output of block L. The heatmaps show where along the prompt the count "
               "information sits at each layer: effect at the changed word's position in early layers and at "
               "the answer position only in late layers suggests a running count carried forward; effect only "

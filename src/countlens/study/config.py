@@ -46,10 +46,15 @@ class BenchConfig(_Strict):
 
 class PatchConfig(_Strict):
     sites: list[Literal["resid", "attn", "mlp", "head"]] = ["resid", "attn", "mlp", "head"]
-    positions: str = "all"
+    # "auto": every position from the changed word on for a shallow model (<= DEEP layers), else
+    # the named positions (changed word, last list word, answer) for resid and the answer
+    # position for attn / mlp / head; or any --positions value for every site.
+    positions: str = "auto"
+    component_positions: str = "auto"        # positions for attn / mlp / head ("auto": as above)
     directions: list[Literal["denoise", "noise"]] = ["denoise"]
     method: Literal["fast", "reference"] = "fast"
     generate: bool = True
+    generate_layers: Optional[list[str]] = None   # None: every layer (shallow) or GENERATE_LAYERS spread (deep)
     filter: Literal["greedy", "sampled", "none"] = "greedy"
     batch_size: int = 16
 
@@ -57,6 +62,7 @@ class PatchConfig(_Strict):
 class ProbeConfig(_Strict):
     n: int = Field(600, ge=20)
     sites: str = "resid"
+    layers: Optional[list[str]] = None       # None: every layer (shallow) or PROBE_LAYERS spread (deep)
     positions: list[Literal["last", "items", "prefix"]] = ["last", "items"]
     split: Literal["random", "category", "length"] = "random"
     folds: int = 5
@@ -65,7 +71,7 @@ class ProbeConfig(_Strict):
 
 class SteerConfig(_Strict):
     n: int = Field(600, ge=40)
-    layers: Optional[list[str]] = None
+    layers: Optional[list[str]] = None       # None: every layer (shallow) or STEER_LAYERS spread (deep)
     scales: list[float] = [-1.0, 0.0, 1.0, 2.0, 3.0]
     positions: Literal["last", "from-list", "all"] = "last"
     vectors: list[Literal["mean-diff", "probe"]] = ["mean-diff", "probe"]
@@ -98,13 +104,49 @@ class StudyConfig(_Strict):
         return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
 
 
+DEEP = 8               # more decoder blocks than this: presets use layer subsets and named positions
+GENERATE_LAYERS = 6
+PROBE_LAYERS = 16
+STEER_LAYERS = 8
+
+
+def spread_layers(n_layers: int, k: int) -> list[str]:
+    """`emb`, then k-1 blocks evenly spread over 0..n_layers-1, always including the last."""
+    if k - 1 >= n_layers:
+        return ["emb", *map(str, range(n_layers))]
+    idx = sorted({round(i * (n_layers - 1) / (k - 2)) for i in range(k - 1)}) if k > 2 else [n_layers - 1]
+    return ["emb", *map(str, idx)]
+
+
+def fit_to_model(cfg: "StudyConfig", n_layers: int) -> "StudyConfig":
+    """Fill every "auto" / None grid with what this model's depth allows (explicit values win).
+
+    A deep model cannot afford every site x layer x head at every position on a laptop: its
+    residual stream is patched at the named positions, components and heads at the answer
+    position only, and steering, probes and the generate protocol run on a spread of layers.
+    """
+    deep = n_layers > DEEP
+    p = cfg.patch.model_copy(update={
+        "positions": cfg.patch.positions if cfg.patch.positions != "auto" else ("named" if deep else "all"),
+        "component_positions": cfg.patch.component_positions if cfg.patch.component_positions != "auto"
+        else ("last" if deep else (cfg.patch.positions if cfg.patch.positions != "auto" else "all")),
+        "generate_layers": cfg.patch.generate_layers if cfg.patch.generate_layers is not None
+        else (spread_layers(n_layers, GENERATE_LAYERS) if deep else None)})
+    pr = cfg.probes.model_copy(update={"layers": cfg.probes.layers if cfg.probes.layers is not None
+                                       else (spread_layers(n_layers, PROBE_LAYERS) if deep else None)})
+    st = cfg.steer.model_copy(update={"layers": cfg.steer.layers if cfg.steer.layers is not None
+                                      else (spread_layers(n_layers, STEER_LAYERS) if deep else None)})
+    return cfg.model_copy(update={"patch": p, "probes": pr, "steer": st})
+
+
 PRESETS: dict[str, dict] = {
     "quick": {},
     "seed": {  # the original study's protocol, on any HF model, with our controls
         "data": {"n": 5000},
         "pairs": {"n": 200, "change_at": "first"},
         "bench": {"n": 1000},
-        "patch": {"sites": ["resid"], "positions": "last", "generate": True, "directions": ["denoise"]},
+        "patch": {"sites": ["resid"], "positions": "last", "component_positions": "last", "generate": True,
+                  "directions": ["denoise"]},
         "probes": {"n": 5000, "folds": 1, "test_size": 0.2},
         "steer": {"n": 1000},
     },

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from countlens.io import write_json
-from countlens.study.config import StudyConfig
+from countlens.study.config import StudyConfig, fit_to_model
 
 STAGES = ("data", "pairs", "bench", "patch", "probes", "steer", "report")
 
@@ -127,7 +127,7 @@ class Study:
         c = self.cfg.probes
         return run_probes(model=self.handle, data=self.data_file, out=d, split=c.split, folds=c.folds,
                           test_size=c.test_size, sites=c.sites, positions=c.positions, n=c.n,
-                          template=self.cfg.template, progress=False)
+                          template=self.cfg.template, progress=False, layers=c.layers)
 
     def steer(self, d: Path) -> Any:
         from countlens.data.schema import read_examples
@@ -160,6 +160,17 @@ def environment(cfg: StudyConfig) -> dict:
             "threads": torch.get_num_threads()}
 
 
+def model_depth(model: str) -> int:
+    """Decoder blocks of a local model, from its config alone (no weights loaded)."""
+    from transformers import AutoConfig
+
+    from countlens.models.registry import resolve
+
+    cfg = AutoConfig.from_pretrained(resolve(model))
+    cfg = getattr(cfg, "text_config", None) or cfg
+    return int(getattr(cfg, "num_hidden_layers", None) or getattr(cfg, "n_layer"))
+
+
 def run_study(cfg: StudyConfig, out: str | Path = "runs/study", *, force: tuple[str, ...] = (),
               progress: bool = True, log: Callable[[str], None] | None = None) -> StudyResult:
     """Run every stage not already done for this config; return the stage results."""
@@ -174,6 +185,7 @@ def run_study(cfg: StudyConfig, out: str | Path = "runs/study", *, force: tuple[
     from countlens.models.registry import preflight
 
     preflight(cfg.model)  # a model that cannot load fails before anything is written
+    cfg = fit_to_model(cfg, model_depth(cfg.model))
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     log = log or (lambda m: sys.stderr.write(m + "\n"))

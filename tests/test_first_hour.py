@@ -1,0 +1,62 @@
+"""What a new user meets first: a bad --model fails at once with one line and writes nothing."""
+
+import os
+import stat
+import time
+
+import pytest
+
+from conftest import run_cli
+
+
+@pytest.mark.parametrize("model, message", [
+    ("organsim", "unknown model 'organsim' (did you mean 'organism'?)"),
+    ("smollm2-135", "did you mean 'smollm2-135m'?"),
+    ("./no/such/model", "no such folder or file './no/such/model'"),
+    ("Qwen/Qwen2.5-0.5B", "HF_HUB_OFFLINE=1"),
+])
+def test_bad_model_fails_fast_with_one_line_and_no_output(tmp_path, model, message):
+    (tmp_path / "d.jsonl").write_text("")
+    for args in (["bench", "--model", model, "--data", str(tmp_path / "d.jsonl"), "--out", str(tmp_path / "b")],
+                 ["patch", "--model", model, "--pairs", str(tmp_path / "d.jsonl"), "--out", str(tmp_path / "p")],
+                 ["run", "--model", model, "--out", str(tmp_path / "r")]):
+        t = time.time()
+        proc = run_cli(*args)
+        assert time.time() - t < 5, args
+        assert proc.returncode == 2, (args, proc.stderr)
+        lines = [x for x in proc.stderr.splitlines() if x.strip()]
+        assert len(lines) == 1 and message in lines[0], (args, proc.stderr)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["d.jsonl"]  # nothing written
+
+
+def test_a_folder_that_is_not_a_model_says_what_is_missing(tmp_path):
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "cfgonly").mkdir()
+    (tmp_path / "cfgonly" / "config.json").write_text("{}")
+    p = run_cli("run", "--model", str(tmp_path / "empty"), "--out", str(tmp_path / "X"))
+    assert p.returncode == 2 and "has no config.json" in p.stderr and not (tmp_path / "X").exists()
+    p = run_cli("run", "--model", str(tmp_path / "cfgonly"), "--out", str(tmp_path / "X"))
+    assert p.returncode == 2 and "has no tokenizer" in p.stderr and not (tmp_path / "X").exists()
+
+
+def test_version():
+    from countlens import __version__
+
+    p = run_cli("--version", check=True)
+    assert p.stdout.strip() == f"countlens {__version__}"
+
+
+def test_output_files_respect_the_umask(tmp_path):
+    from countlens.io import write_json
+
+    old = os.umask(0o022)
+    try:
+        write_json(tmp_path / "a.json", {"x": 1})
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE((tmp_path / "a.json").stat().st_mode) == 0o644
+
+
+def test_lexicon_help_keeps_its_brackets():
+    p = run_cli("lexicon", "--help", check=True)
+    assert '{"categories": {name: [words]}, "noise": [words]}' in p.stdout
