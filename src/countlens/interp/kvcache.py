@@ -1,8 +1,25 @@
 """A thin layer over transformers' KV cache, whose argument name and methods change across 5.x.
 
-Only `DynamicCache(config=...)`, `.update(k, v, layer)` and the per-layer `keys`/`values`
-tensors are used: caches are rebuilt from tensors we slice ourselves, so no `crop` or
-`batch_repeat_interleave` semantics (which changed in 5.x) are relied on.
+Only `DynamicCache()` / `DynamicCache(config=...)`, `.update(k, v, layer)` and the per-layer
+`keys`/`values` tensors are used: caches are rebuilt from tensors we slice ourselves, so no
+`crop` or `batch_repeat_interleave` semantics (which changed in 5.x) are relied on.
+
+Sliding-window layers (Gemma 2/3, Mistral, Phi-3 with `sliding_window`, chunked attention): a
+model's own `DynamicCache(config=...)` keeps only the last `window - 1` positions of those layers
+(`DynamicSlidingWindowLayer`), so its tensors cannot give back an arbitrary prefix. Forwards whose
+KV we slice later therefore run with `full_cache()` (plain `DynamicLayer`s that keep every
+position; the model's masks still apply the window, since they come from the config and the
+cache's mask sizes: kv offset 0, full length). `build_cache` then feeds a prefix of `length`
+positions to `DynamicCache(config=...)` in one `update`, which leaves every layer exactly as the
+model's own cache would be after a prefill of those positions (sliding layers: the last
+`window - 1` keys, `cumulative_length = length`, hence the same mask offset).
+
+Sharing a prefix between rows: `DynamicLayer.update` concatenates (`torch.cat`) the stored keys
+with the new ones, so whatever strides the tensors given to `build_cache` have (an `expand()`ed
+view included), every row owns a materialised copy of its prefix, and during a forward every
+layer holds a [rows, kv_heads, prefix + suffix, head_dim] copy until the forward returns. That
+copy is unavoidable through the cache API; callers bound it by chunking rows (`row_bytes`).
+`build_cache` only avoids the extra gather copy when all rows are the same sequence.
 """
 
 from __future__ import annotations
@@ -22,16 +39,27 @@ def _cache_kwarg(cls: type) -> str:
     return "cache" if "cache" in params else "past_key_values"
 
 
+def full_cache() -> Any:
+    """An empty cache that keeps every position of every layer (sliding-window layers included)."""
+    from transformers import DynamicCache
+
+    return DynamicCache()
+
+
 def forward(model: Any, cache: Any | None = None, last_logits: bool = False, **kwargs: Any) -> Any:
     """model(**kwargs) with `cache` passed under this transformers version's name, use_cache on.
 
-    last_logits: project onto the vocabulary at the last position only (`keep_logits`).
+    Without a cache, a `full_cache()` is used, so `kv_tensors` of the output cache hold every
+    position even on sliding-window layers. last_logits: project onto the vocabulary at the last
+    position only (`keep_logits`).
     """
+    kwargs.setdefault("use_cache", True)
+    if cache is None and kwargs["use_cache"]:
+        cache = full_cache()
     if cache is not None:
         kwargs[_cache_kwarg(type(model))] = cache
     if last_logits:
         kwargs |= keep_logits(model)
-    kwargs.setdefault("use_cache", True)
     return model(**kwargs)
 
 
@@ -40,24 +68,67 @@ def output_cache(out: Any) -> Any:
 
 
 def kv_tensors(cache: Any) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    """[(keys, values)] per layer, each [batch, kv_heads, seq, head_dim]."""
-    if hasattr(cache, "layers"):
-        return [(layer.keys, layer.values) for layer in cache.layers]
-    return [(k, v) for k, v in cache]  # older iterable caches
+    """[(keys, values)] per layer, each [batch, kv_heads, seq, head_dim], every position seen.
+
+    Raises if a layer dropped positions (a sliding-window layer of a `DynamicCache(config=...)`):
+    its keys could not be sliced into prefixes; run the forward with `full_cache()`.
+    """
+    if not hasattr(cache, "layers"):
+        return [(k, v) for k, v, *_ in cache]  # older iterable caches
+    out = []
+    for i, layer in enumerate(cache.layers):
+        seen = layer.get_seq_length()
+        if layer.keys.shape[-2] != seen:
+            raise ValueError(f"cache layer {i} ({type(layer).__name__}) keeps {layer.keys.shape[-2]} of {seen} "
+                             "positions; run the forward with kvcache.full_cache()")
+        out.append((layer.keys, layer.values))
+    return out
+
+
+def sliding_windows(config: Any) -> list[int | None]:
+    """Per layer, the sliding window the model's own cache applies (None: keeps every position)."""
+    from transformers import DynamicCache
+
+    return [getattr(layer, "sliding_window", None) if getattr(layer, "is_sliding", False) else None
+            for layer in DynamicCache(config=config).layers] or [None]
+
+
+def row_bytes(kvs: list[tuple[torch.Tensor, torch.Tensor]], config: Any, prefix: int, suffix: int) -> int:
+    """Bytes of KV one row holds at the end of a forward of `suffix` positions after a `prefix` cache.
+
+    Per layer 2 x kv_heads x head_dim x dtype bytes per position, for prefix + suffix positions.
+    A sliding-window layer keeps at most window - 1 prefix positions after its update, but as a
+    view of the concatenation, and holds the whole prefix copy before it: max of the two.
+    """
+    windows = sliding_windows(config)
+    windows = windows + [None] * (len(kvs) - len(windows))
+    total = 0
+    for (k, v), w in zip(kvs, windows):
+        held = prefix + suffix if w is None else max(prefix, min(prefix, w - 1) + suffix)
+        per_pos = k[0, :, 0].numel() * k.element_size() + v[0, :, 0].numel() * v.element_size()
+        total += per_pos * held
+    return total
 
 
 def build_cache(kvs: list[tuple[torch.Tensor, torch.Tensor]], config: Any, length: int | None = None,
                 rows: torch.Tensor | None = None) -> Any | None:
-    """A fresh DynamicCache holding kvs[:, :, :length] for the batch `rows` (None when length is 0)."""
+    """A fresh DynamicCache(config=...) holding kvs[:, :, :length] for the batch `rows` (None when length is 0).
+
+    It is the cache the model itself would hold after a prefill of those `length` positions.
+    """
     from transformers import DynamicCache
 
     if length == 0:
         return None
+    same = rows is not None and len(rows) > 0 and bool((rows == rows[0]).all())
     cache = DynamicCache(config=config)
     for i, (k, v) in enumerate(kvs):
         if length is not None:
             k, v = k[:, :, :length], v[:, :, :length]
-        if rows is not None:
+        if same:  # one sequence for every row: a stride-0 view, copied once by update's cat
+            r = int(rows[0])
+            k, v = k[r:r + 1].expand(len(rows), -1, -1, -1), v[r:r + 1].expand(len(rows), -1, -1, -1)
+        elif rows is not None:
             k, v = k.index_select(0, rows.to(k.device)), v.index_select(0, rows.to(v.device))
         cache.update(k, v, i)
     return cache

@@ -47,6 +47,7 @@ class PatchOptions:
     directions: tuple[str, ...] = ("denoise",)
     method: str = "fast"                    # fast | reference
     batch_size: int = 16                    # pairs per batch (rows = pairs x sweep configs)
+    memory_budget: int = 1 << 30            # bytes per fast-path forward; rows are chunked to fit
     filter: str = "greedy"                  # greedy | sampled | none
     k_samples: int = 5
     generate: bool = False                  # also the original study's generate-and-parse protocol
@@ -131,27 +132,33 @@ def _reduce(logits: torch.Tensor, hi: torch.Tensor, lo: torch.Tensor, tgt: torch
     return torch.stack([logits[r, hi], logits[r, lo], p, (logits.argmax(-1) == tgt).float()], -1)
 
 
-def _row_patch_hooks(handle: ModelHandle, configs, n_rows_per_pair: int, offset: int,
-                     acts: dict[Site, torch.Tensor], t_index: int, B: int):
-    """Hooks that patch, for each config r, rows b*R + offset + r at chunk index t_index with acts[site][b]."""
+def _row_patch_hooks(handle: ModelHandle, configs, cfg_of: torch.Tensor, src_of: torch.Tensor,
+                     acts: dict[Site, torch.Tensor], t_index: int):
+    """Hooks that patch row i of a forward with config configs[cfg_of[i]], at sequence index t_index,
+    with acts[site][src_of[i]] (acts: one position's source activations, [N, ...] per site)."""
     import contextlib
 
-    by_site: dict[Site, list[tuple[torch.Tensor, int | None, torch.Tensor]]] = {}
-    for r, (kind, layer, head) in enumerate(configs):
+    by_site: dict[Site, list[tuple[torch.Tensor, int | None]]] = {}
+    for c in torch.unique(cfg_of).tolist():
+        kind, layer, head = configs[c]
         site = Site("head" if kind == "head" else kind, layer)
-        rows = torch.arange(B) * n_rows_per_pair + offset + r
-        v = acts[site]
-        by_site.setdefault(site, []).append((rows, head, v[:, head] if head is not None else v))
+        by_site.setdefault(site, []).append(((cfg_of == c).nonzero()[:, 0], head))
     stack = contextlib.ExitStack()
     for site, items in by_site.items():
-        def fn(x, items=items):
+        rows = torch.cat([r for r, _ in items])
+        v = acts[site][src_of[rows].to(acts[site].device)]
+        heads = None
+        if items[0][1] is not None:  # head sites: every config of the site names a head
+            heads = torch.cat([torch.full((len(r),), h, dtype=torch.long) for r, h in items])
+            v = v[torch.arange(len(rows), device=v.device), heads.to(v.device)]
+
+        def fn(x, rows=rows, heads=heads, v=v):
             x = x.clone()
-            for rows, head, v in items:
-                rows_d = rows.to(x.device)
-                if head is None:
-                    x[rows_d, t_index] = v.to(x.device, x.dtype)
-                else:
-                    x[rows_d, t_index, head] = v.to(x.device, x.dtype)
+            rows_d = rows.to(x.device)
+            if heads is None:
+                x[rows_d, t_index] = v.to(x.device, x.dtype)
+            else:
+                x[rows_d, t_index, heads.to(x.device)] = v.to(x.device, x.dtype)
             return x
         stack.enter_context(hook(handle, site, fn))
     return stack
@@ -161,50 +168,138 @@ def _source_sites(configs) -> list[Site]:
     return list(dict.fromkeys(Site("head" if k == "head" else k, layer) for k, layer, _ in configs))
 
 
+# Instrumentation: when set, every forward of the fast path runs inside FORWARD_PROBE(info), info a
+# dict with kind (base | source | patch), rows, prefix, suffix, est_bytes (the forward's own working
+# set as estimated by _forward_bytes; for the base forward it is filled in before the context exits),
+# resident_bytes (base KV + captured source activations held meanwhile) and budget. Tests use it to
+# check the chunking and the estimate against measured peaks.
+FORWARD_PROBE: Callable[[dict], Any] | None = None
+
+
+def _probe(info: dict | None = None, **kw):
+    import contextlib
+
+    return FORWARD_PROBE(info if info is not None else kw) if FORWARD_PROBE is not None else contextlib.nullcontext()
+
+
+def _dims(handle: ModelHandle, kv) -> dict[str, int]:
+    """hidden, intermediate, heads x head_dim (the head site's width), vocab, dtype bytes, logits_to_keep."""
+    cfg = handle.model.config
+    tc = cfg.get_text_config(decoder=True) if hasattr(cfg, "get_text_config") else cfg
+    hidden = int(tc.hidden_size)
+    inter = getattr(tc, "intermediate_size", None) or getattr(tc, "n_inner", None) or 4 * hidden
+    vocab = getattr(tc, "vocab_size", None) or handle.model.get_output_embeddings().weight.shape[0]
+    return {"hidden": hidden, "inter": int(inter), "heads": n_heads(handle.model),
+            "q_width": n_heads(handle.model) * kv[0][0].shape[-1], "vocab": int(vocab),
+            "elem": kv[0][0].element_size(), "keep": bool(keep_logits(handle.model))}
+
+
+def _forward_bytes(handle: ModelHandle, kv, dims: dict[str, int], prefix: int, suffix: int) -> int:
+    """Estimated bytes one row of a forward of `suffix` positions after a `prefix` KV cache holds at its peak.
+
+    KV: its copy of every layer's keys and values, 2 x kv_heads x head_dim x dtype bytes per
+    position and layer, for prefix + suffix positions (`kvcache.row_bytes`; a sliding-window layer
+    keeps fewer) -- `DynamicCache.update` concatenates, so the copy cannot be shared between rows.
+    Activations of one layer at a time over the suffix: 6 x hidden + 4 x intermediate (residual,
+    norms, hook clones; MLP gate/up/product) + 4 x heads x head_dim (q, rotated q/k, attention
+    output) + keys/values repeated to every query head over prefix + suffix (GQA), in the model's
+    dtype; attention scores and probabilities (float32, heads x suffix x (prefix + suffix)) and the
+    mask. Logits: the last position's vocabulary in the model's dtype plus two float32 copies
+    (every position's when the model cannot keep only the last).
+    """
+    d = dims
+    kv_len = prefix + suffix
+    kv_bytes = kvcache.row_bytes(kv, handle.model.config, prefix, suffix)
+    acts = (6 * d["hidden"] + 4 * d["inter"] + 4 * d["q_width"]) * suffix * d["elem"]
+    acts += 2 * d["q_width"] * kv_len * d["elem"]
+    scores = d["heads"] * suffix * kv_len * 4 * 2 + suffix * kv_len * 4
+    logits = (1 if d["keep"] else suffix) * d["vocab"] * (d["elem"] + 8)
+    return kv_bytes + acts + scores + logits
+
+
+def _site_width(site: Site, dims: dict[str, int]) -> int:
+    return dims["q_width"] if site.kind == "head" else dims["hidden"]
+
+
 @torch.no_grad()
-def _batch_fast(handle, base, src, mask, pos, positions, starts, configs, answers):
-    """Fast sweep of one batch. Returns clean_base [B,4], clean_src [B,4], patched [B,P,R,4]."""
+def _batch_fast(handle, base, src, mask, pos, positions, starts, configs, answers, budget: int = 1 << 30):
+    """Fast sweep of one batch. Returns clean_base [B,4], clean_src [B,4], patched [B,P,R,4].
+
+    Every (pair, config) at one position is a row of a patched forward; rows are chunked so that
+    each forward's estimated working set (`_forward_bytes` per row), plus what stays resident
+    meanwhile (the batch's base KV and the captured source activations), fits in `budget` bytes,
+    at least one row per forward. Source activations are captured for groups of positions small
+    enough to take at most a quarter of the budget (one source forward per group).
+    """
+    import contextlib
+
     model, cfg = handle.model, handle.model.config
     B, W = base.shape
     R = len(configs)
     hi, lo, tgt = answers
-    out = kvcache.forward(model, input_ids=base, attention_mask=mask, position_ids=pos, last_logits=True)
-    clean_base = _reduce(out.logits[:, -1], hi, lo, tgt)
-    kv = kvcache.kv_tensors(kvcache.output_cache(out))
+    info = dict(kind="base", rows=B, prefix=0, suffix=W, est_bytes=None, resident_bytes=0, budget=budget)
+    with _probe(info=info):
+        out = kvcache.forward(model, input_ids=base, attention_mask=mask, position_ids=pos, last_logits=True)
+        clean_base = _reduce(out.logits[:, -1], hi, lo, tgt)
+        kv = kvcache.kv_tensors(kvcache.output_cache(out))
+        del out
+        dims = _dims(handle, kv)
+        info["est_bytes"] = B * _forward_bytes(handle, kv, dims, 0, W)  # known once the KV is
+    resident_kv = sum(k.numel() * k.element_size() + v.numel() * v.element_size() for k, v in kv)
     # Source run: shares the base's tokens (hence KV) before min(start, positions).
     cs = min(min(starts), min(positions))
     sites = _source_sites(configs)
-    rel = torch.tensor([p - cs for p in positions])
-    acts: dict[Site, torch.Tensor] = {}
-    import contextlib
-    with contextlib.ExitStack() as stack:
-        for site in sites:
-            def grab(x, site=site):
-                acts[site] = x[:, rel.to(x.device)].detach()
-            stack.enter_context(hook(handle, site, grab))
-        sout = kvcache.forward(model, cache=kvcache.build_cache(kv, cfg, cs), input_ids=src[:, cs:],
-                               attention_mask=mask, position_ids=pos[:, cs:], last_logits=True)
-    clean_src = _reduce(sout.logits[:, -1], hi, lo, tgt)
+    per_pos = B * sum(_site_width(s, dims) for s in sites) * dims["elem"]
+    group = max(1, (budget // 4) // max(1, per_pos))
+    clean_src = None
     # Before a pair's first changed token its two prompts agree, so a patch there is an exact
     # no-op: those rows are the clean base run and are not recomputed.
     patched = clean_base[:, None, None, :].repeat(1, len(positions), R, 1)
-    for j, p in enumerate(positions):
-        active = torch.tensor([b for b in range(B) if starts[b] <= p], dtype=torch.long)
-        if not len(active):
-            continue
-        rows = active.repeat_interleave(R)
-        cache = kvcache.build_cache(kv, cfg, p, rows)
-        pacts = {s: a[active, j] for s, a in acts.items()}
-        with _row_patch_hooks(handle, configs, R, 0, pacts, 0, len(active)):
-            o = kvcache.forward(model, cache=cache, input_ids=base[rows, p:],
-                                attention_mask=mask[rows], position_ids=pos[rows, p:], last_logits=True)
-        patched[active, j] = _reduce(o.logits[:, -1], hi[rows], lo[rows], tgt[rows]).view(len(active), R, 4)
+    for g0 in range(0, len(positions), group):
+        gpos = positions[g0:g0 + group]
+        rel = torch.tensor([p - cs for p in gpos])
+        acts: dict[Site, torch.Tensor] = {}
+        with contextlib.ExitStack() as stack:
+            for site in sites:
+                def grab(x, site=site):
+                    acts[site] = x[:, rel.to(x.device)].detach()
+                stack.enter_context(hook(handle, site, grab))
+            with _probe(kind="source", rows=B, prefix=cs, suffix=W - cs,
+                        est_bytes=B * _forward_bytes(handle, kv, dims, cs, W - cs) + per_pos * len(gpos),
+                        resident_bytes=resident_kv, budget=budget):
+                sout = kvcache.forward(model, cache=kvcache.build_cache(kv, cfg, cs), input_ids=src[:, cs:],
+                                       attention_mask=mask, position_ids=pos[:, cs:], last_logits=True)
+        if clean_src is None:
+            clean_src = _reduce(sout.logits[:, -1], hi, lo, tgt)
+        del sout
+        resident = resident_kv + sum(a.numel() * a.element_size() for a in acts.values())
+        for jj, p in enumerate(gpos):
+            j = g0 + jj
+            active = torch.tensor([b for b in range(B) if starts[b] <= p], dtype=torch.long)
+            if not len(active):
+                continue
+            per_row = _forward_bytes(handle, kv, dims, p, W - p)
+            cap = max(1, (budget - resident) // per_row)
+            pacts = {s: a[:, jj] for s, a in acts.items()}
+            n = len(active) * R
+            for k0 in range(0, n, cap):
+                idx = torch.arange(k0, min(n, k0 + cap))
+                pair, cfg_of = active[idx // R], idx % R
+                pair_d = pair.to(base.device)
+                with _probe(kind="patch", rows=len(idx), prefix=p, suffix=W - p, est_bytes=len(idx) * per_row,
+                            resident_bytes=resident, budget=budget), \
+                        _row_patch_hooks(handle, configs, cfg_of, pair, pacts, 0):
+                    o = kvcache.forward(model, cache=kvcache.build_cache(kv, cfg, p, pair_d),
+                                        input_ids=base[pair_d, p:], attention_mask=mask[pair_d],
+                                        position_ids=pos[pair_d, p:], last_logits=True)
+                    patched[pair, j, cfg_of] = _reduce(o.logits[:, -1], hi[pair], lo[pair], tgt[pair])
+                    del o
     return clean_base, clean_src, patched
 
 
 @torch.no_grad()
-def _batch_reference(handle, base, src, mask, pos, positions, starts, configs, answers):
-    """Reference sweep: a full forward per (config, position) with a hook."""
+def _batch_reference(handle, base, src, mask, pos, positions, starts, configs, answers, budget: int = 1 << 30):
+    """Reference sweep: a full forward per (config, position) with a hook (B rows each; budget unused)."""
     model = handle.model
     B, W = base.shape
     hi, lo, tgt = answers
@@ -222,10 +317,11 @@ def _batch_reference(handle, base, src, mask, pos, positions, starts, configs, a
             stack.enter_context(hook(handle, site, grab))
         clean_src = _reduce(full(src), hi, lo, tgt)
     patched = torch.empty(B, len(positions), len(configs), 4)
+    rows = torch.arange(B)
     for j, p in enumerate(positions):
+        pacts = {s: a[:, p] for s, a in acts.items()}
         for r, cfg in enumerate(configs):
-            pacts = {s: a[:, p] for s, a in acts.items()}
-            with _row_patch_hooks(handle, [cfg], 1, 0, pacts, p, B):
+            with _row_patch_hooks(handle, [cfg], torch.zeros(B, dtype=torch.long), rows, pacts, p):
                 patched[:, j, r] = _reduce(full(base), hi, lo, tgt)
     return clean_base, clean_src, patched
 
@@ -261,8 +357,16 @@ def _direction_tensors(enc: EncodedPairs, idx: list[int], direction: str, device
 
 
 def _run_batches(handle, enc, direction, configs, opts, progress):
-    """Yield (pair index list, W, positions, clean_base, clean_src, patched) batch by batch."""
+    """Yield (pair index list, W, positions, clean_base, clean_src, patched) batch by batch.
+
+    The fast path chunks its forwards to `opts.memory_budget` bytes by itself; on an out-of-memory
+    error (a budget above what the device has free) the batch is retried with half the budget and
+    half the pairs. progress(n) is called with the number of pairs each finished batch held.
+    """
     fn = _batch_fast if opts.method == "fast" else _batch_reference
+    budget = int(opts.memory_budget)
+    if budget <= 0:
+        raise InputError(f"memory_budget must be a positive number of bytes (got {opts.memory_budget})")
     order = sorted(range(len(enc.ids)), key=lambda i: len(enc.low[i]))
     bs = max(1, opts.batch_size)
     i = 0
@@ -273,12 +377,12 @@ def _run_batches(handle, enc, direction, configs, opts, progress):
         positions = resolve_positions(opts.positions, W, starts)
         try:
             res = fn(handle, b["input_ids"], s, b["attention_mask"], b["position_ids"], positions, starts,
-                     configs, answers)
+                     configs, answers, budget=budget)
         except torch.cuda.OutOfMemoryError:
-            if bs == 1:
+            if bs == 1 and budget <= 1 << 20:
                 raise
             torch.cuda.empty_cache()
-            bs = max(1, bs // 2)
+            bs, budget = max(1, bs // 2), max(1 << 20, budget // 2)
             continue
         yield idx, W, positions, *res
         if progress:

@@ -7,9 +7,15 @@ our layer L except for the last one, which transformers returns after the final 
 
 Site kinds:
   resid  residual stream after block L (or "emb")
-  attn   attention output of block L (before it is added to the residual)
-  mlp    MLP output of block L
+  attn   attention output of block L (before it is added to the residual; for Gemma, before the
+         post-attention norm; for GPT-NeoX's parallel residual, the attention branch)
+  mlp    MLP output of block L (likewise before Gemma's post-feedforward norm)
   head   input of the attention output projection of block L, shape [..., n_heads, head_dim]
+         (head_dim need not be hidden / n_heads: Gemma's is set on its own)
+
+Modules are found by name (`self_attn` / `attn` / `attention`, `o_proj` / `c_proj` / `dense`), so
+Llama, Qwen2, Mistral, Phi-3 (fused qkv and gate_up, same `o_proj`), Gemma 2/3, GPT-2 and GPT-NeoX
+take the same code path (`tests/test_architectures.py`).
 """
 
 from __future__ import annotations
