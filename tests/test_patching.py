@@ -100,8 +100,8 @@ def test_patch_cli_writes_grids_figures_and_summary(tmp_path, organism_patch):
     assert s["per_layer"][-1]["mean"] == pytest.approx(1, abs=1e-3)
     assert s["method"] == "fast" and s["kept_pairs"] <= 6
     table = pd.read_parquet(out / "table.parquet")
-    assert list(table.columns) == ["pair", "n_low", "direction", "site", "layer", "position", "head", "metric",
-                                   "value"]
+    assert list(table.columns) == ["pair", "n_low", "direction", "site", "layer", "position", "position_name",
+                                   "head", "metric", "value"]
     assert set(table.site) == {"resid", "attn", "mlp", "head"} and table.position.min() == -34
     for f in ("patch_per_layer.png", "patch_heatmap_resid.png", "patch_heads.png", "summary.json"):
         assert (out / f).stat().st_size > 1000
@@ -130,3 +130,29 @@ def test_fast_equals_reference_within_the_stated_bfloat16_tolerance(tmp_path, ti
         err = (ld.value_f - ld.value_r).abs()
         assert (err <= BF16_ATOL + 0.01 * ld.value_r.abs()).all(), err.max()
         assert err.max() < 1.0  # and nothing is grossly off
+
+
+def test_named_positions_patch_each_pair_at_its_own_words(tmp_path, tiny_models):
+    """named = the changed word's last token, the last list word's last token, the answer; each pair at its
+    own indices, equal to patching that pair alone at those offsets (fast == reference)."""
+    handle = load(tiny_models["llama"], device="cpu")
+    pairs = make_pairs(tmp_path, tiny_models["llama"], n=4, template="short")
+    opts = dict(sites=("resid", "attn"), component_positions="last", filter="none", batch_size=4, template="short")
+    fast = run_patching(handle, pairs, PatchOptions(positions="named", **opts)).table
+    ref = run_patching(handle, pairs, PatchOptions(positions="named", method="reference", **opts)).table
+    assert set(fast.position_name) == {"changed", "last_item", "answer"}
+    assert set(fast[fast.site == "attn"].position_name) == {"answer"}  # components at the answer only
+    m = fast.merge(ref, on=KEY, suffixes=("_f", "_r"))
+    assert len(m) == len(fast) == len(ref)
+    ld = m[m.metric == "logit_diff"]
+    assert (ld.value_f - ld.value_r).abs().max() < 1e-4
+    from countlens.interp.patching import encode_pairs
+
+    enc = encode_pairs(handle, pairs, "short")
+    for i, pid in enumerate(enc.ids):
+        rows = fast[(fast.pair == pid) & (fast.site == "resid") & (fast.layer == "0") & (fast.metric == "logit_diff")]
+        got = dict(zip(rows.position_name, rows.position))
+        want = {k: v - len(enc.low[i]) for k, v in enc.named_positions(i).items()}
+        assert got == want
+        # the last list word is a list word: the token right after it is the template's, not a word
+        assert enc.start[i] <= enc.end[i] < enc.last_item[i] or enc.end[i] == enc.last_item[i]

@@ -48,7 +48,7 @@ def test_study_writes_every_section_with_real_numbers(study_dir):
     bench = json.loads((out / "bench" / "generate" / "summary.json").read_text())["models"][0]
     assert f"{100 * bench['accuracy']:.1f}%" in md  # the number in the text comes from the result file
     patch = json.loads((out / "patch" / "summary.json").read_text())
-    assert f"{patch['per_layer'][-1]['mean']:.3f}" in md
+    assert f"{patch['per_layer'][-1]['mean']:.2f}" in md
     html = (out / "report.html").read_text()
     assert html.count("data:image/png;base64,") >= 8
     # self-contained: nothing loaded over the network

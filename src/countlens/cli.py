@@ -145,7 +145,12 @@ def patch(
     out: Path = typer.Option(..., "--out"),
     n: Optional[int] = typer.Option(None, "--n", help="First N pairs."),
     sites: str = typer.Option("resid", "--sites", help="Comma list of resid,attn,mlp,head."),
-    positions: str = typer.Option("last", "--positions", help="last | all | offsets from the end, e.g. -1,-2."),
+    positions: str = typer.Option("last", "--positions", help="last | all (from the changed word on) | named "
+                                  "(changed word, last list word, answer) | offsets from the end, e.g. -1,-2."),
+    component_positions: Optional[str] = typer.Option(None, "--component-positions",
+                                                      help="Positions for attn/mlp/head (default: as --positions)."),
+    layers: Optional[str] = typer.Option(None, "--layers", help="Comma list, e.g. emb,0,5 (default: every layer)."),
+    memory_budget: str = typer.Option("1GB", "--memory-budget", help="Working set per forward; rows are chunked."),
     direction: str = typer.Option("denoise", "--direction", help="denoise | noise | both"),
     method: str = typer.Option("fast", "--method", help="fast (KV-cache reuse) | reference (full forwards)."),
     generate: bool = typer.Option(False, "--generate", help="Also patch-generate-parse (the original protocol)."),
@@ -167,7 +172,12 @@ def patch(
     from countlens.models.handle import load
 
     dirs = ("denoise", "noise") if direction == "both" else (direction,)
+    from countlens.study.config import parse_bytes
+
     opts = PatchOptions(sites=tuple(s.strip() for s in sites.split(",") if s.strip()), positions=positions,
+                        component_positions=component_positions,
+                        layers=tuple(x.strip() for x in layers.split(",") if x.strip()) if layers else None,
+                        memory_budget=parse_bytes(memory_budget),
                         directions=dirs, method=method, batch_size=batch_size, filter=filter,
                         k_samples=k_samples, generate=generate, template=template)
     pair_rows = load_pairs(pairs, n)

@@ -34,7 +34,7 @@ from countlens.interp import kvcache
 from countlens.interp.sites import Site, hook, n_heads
 from countlens.io import read_jsonl
 from countlens.models.handle import ModelHandle, keep_logits, pad_left
-from countlens.stats import bootstrap_ci
+from countlens.stats import bootstrap_ci, wilson_ci
 
 SITE_KINDS = ("resid", "attn", "mlp", "head")
 METRICS = ("logit_diff", "normalized", "p_target", "exact_match")
@@ -43,7 +43,10 @@ METRICS = ("logit_diff", "normalized", "p_target", "exact_match")
 @dataclass
 class PatchOptions:
     sites: tuple[str, ...] = ("resid",)
-    positions: str = "last"                 # last | all | comma-separated offsets from the end (-1 = last)
+    positions: str = "last"                 # last | all | named | comma-separated offsets from the end (-1 = last)
+    component_positions: str | None = None  # positions for attn / mlp / head sites (None: as `positions`)
+    layers: tuple | None = None             # restrict the sweep to these layers ("emb", 0, 3, ...); None: all
+    generate_layers: tuple | None = None    # layers of the generate protocol (None: every swept resid layer)
     directions: tuple[str, ...] = ("denoise",)
     method: str = "fast"                    # fast | reference
     batch_size: int = 16                    # pairs per batch (rows = pairs x sweep configs)
@@ -68,6 +71,22 @@ class EncodedPairs:
     tok_low: list[int]
     tok_high: list[int]
     dropped_misaligned: int = 0
+    end: list[int] = field(default_factory=list)         # last differing token: "changed word"
+    last_item: list[int] = field(default_factory=list)   # last token of the last list word (-1: unknown)
+
+    FIELDS = ("ids", "n_low", "low", "high", "start", "tok_low", "tok_high", "end", "last_item")
+
+    def subset(self, keep: list[bool]) -> "EncodedPairs":
+        return EncodedPairs(**{f: [v for v, k in zip(getattr(self, f), keep) if k] for f in self.FIELDS},
+                            dropped_misaligned=self.dropped_misaligned)
+
+    def named_positions(self, i: int) -> dict[str, int]:
+        """Unpadded token index of pair i's named positions: changed word, last list word, answer."""
+        out = {"changed": self.end[i]}
+        if self.last_item[i] >= 0:
+            out["last_item"] = self.last_item[i]
+        out["answer"] = len(self.low[i]) - 1
+        return out
 
 
 @dataclass
@@ -85,8 +104,22 @@ class PatchResult:
         return patch_figures(self.table, self.summary, out_dir or Path("."))
 
 
-def sweep_configs(handle: ModelHandle, sites: tuple[str, ...]) -> list[tuple[str, Any, int | None]]:
-    """(kind, layer, head) rows of a sweep: resid has "emb" + every block; head has every head."""
+def sweep_configs(handle: ModelHandle, sites: tuple[str, ...], layers: tuple | None = None
+                  ) -> list[tuple[str, Any, int | None]]:
+    """(kind, layer, head) rows of a sweep: resid has "emb" + every block; head has every head.
+
+    `layers` keeps only those layers (strings or ints; "emb" only applies to resid)."""
+    out = _all_configs(handle, sites)
+    if layers is None:
+        return out
+    want = {str(x) for x in layers}
+    bad = want - {"emb", *map(str, range(handle.n_layers))}
+    if bad:
+        raise InputError(f"--layers: {sorted(bad)} out of range (the model has blocks 0..{handle.n_layers - 1} and emb)")
+    return [c for c in out if str(c[1]) in want]
+
+
+def _all_configs(handle: ModelHandle, sites: tuple[str, ...]) -> list[tuple[str, Any, int | None]]:
     out: list[tuple[str, Any, int | None]] = []
     for kind in sites:
         if kind not in SITE_KINDS:
@@ -114,6 +147,8 @@ def encode_pairs(handle: ModelHandle, pairs: list[dict], template: Any = None) -
         if len(a) != len(b) or not diff or diff[-1] - diff[0] + 1 > 8 or diff[-1] == len(a) - 1:
             enc.dropped_misaligned += 1
             continue
+        enc.end.append(diff[-1])
+        enc.last_item.append(_last_item_token(handle, p["low"], tpl.answer_prefix))
         enc.ids.append(p["id"])
         enc.n_low.append(p["n_low"])
         enc.low.append(a)
@@ -122,6 +157,29 @@ def encode_pairs(handle: ModelHandle, pairs: list[dict], template: Any = None) -
         enc.tok_low.append(answers[p["n_low"]][0])
         enc.tok_high.append(answers[p["n_high"]][0])
     return enc
+
+
+def _last_item_token(handle: ModelHandle, row: dict, answer_prefix: str) -> int:
+    """Token index of the last list word's last token in the formatted prompt (-1 when the row's
+    template cannot be matched to its prompt, e.g. an external file without one)."""
+    from countlens.data.pairs import word_char_span
+    from countlens.data.templates import load_template
+
+    words, category = row.get("word_list"), row.get("category")
+    if not words or not category or not row.get("template"):
+        return -1
+    try:
+        t = load_template(row["template"])
+    except InputError:
+        return -1
+    if t.render(category, words) != row["prompt"]:
+        return -1
+    formatted = handle.format(row["prompt"])
+    at = formatted.find(row["prompt"])
+    s, e = word_char_span(t, category, words, len(words) - 1)
+    enc = handle.tokenizer(formatted + answer_prefix, add_special_tokens=False, return_offsets_mapping=True)
+    hits = [i for i, (x, y) in enumerate(enc["offset_mapping"]) if x < at + e and y > at + s]
+    return hits[-1] if hits else -1
 
 
 def _reduce(logits: torch.Tensor, hi: torch.Tensor, lo: torch.Tensor, tgt: torch.Tensor) -> torch.Tensor:
@@ -222,7 +280,8 @@ def _site_width(site: Site, dims: dict[str, int]) -> int:
 
 
 @torch.no_grad()
-def _batch_fast(handle, base, src, mask, pos, positions, starts, configs, answers, budget: int = 1 << 30):
+def _batch_fast(handle, base, src, mask, pos, positions, starts, configs, answers, budget: int = 1 << 30,
+                wanted: list[dict[int, str]] | None = None):
     """Fast sweep of one batch. Returns clean_base [B,4], clean_src [B,4], patched [B,P,R,4].
 
     Every (pair, config) at one position is a row of a patched forward; rows are chunked so that
@@ -275,7 +334,8 @@ def _batch_fast(handle, base, src, mask, pos, positions, starts, configs, answer
         resident = resident_kv + sum(a.numel() * a.element_size() for a in acts.values())
         for jj, p in enumerate(gpos):
             j = g0 + jj
-            active = torch.tensor([b for b in range(B) if starts[b] <= p], dtype=torch.long)
+            active = torch.tensor([b for b in range(B) if starts[b] <= p and (wanted is None or p in wanted[b])],
+                                  dtype=torch.long)
             if not len(active):
                 continue
             per_row = _forward_bytes(handle, kv, dims, p, W - p)
@@ -298,7 +358,8 @@ def _batch_fast(handle, base, src, mask, pos, positions, starts, configs, answer
 
 
 @torch.no_grad()
-def _batch_reference(handle, base, src, mask, pos, positions, starts, configs, answers, budget: int = 1 << 30):
+def _batch_reference(handle, base, src, mask, pos, positions, starts, configs, answers, budget: int = 1 << 30,
+                     wanted: list[dict[int, str]] | None = None):
     """Reference sweep: a full forward per (config, position) with a hook (B rows each; budget unused)."""
     model = handle.model
     B, W = base.shape
@@ -324,6 +385,15 @@ def _batch_reference(handle, base, src, mask, pos, positions, starts, configs, a
             with _row_patch_hooks(handle, [cfg], torch.zeros(B, dtype=torch.long), rows, pacts, p):
                 patched[:, j, r] = _reduce(full(base), hi, lo, tgt)
     return clean_base, clean_src, patched
+
+
+def resolve_named(enc: EncodedPairs, idx: list[int], W: int) -> tuple[list[int], list[dict[int, str]]]:
+    """Named positions of a batch: the union of padded indices, and per pair {index: name}."""
+    wanted = []
+    for i in idx:
+        pad = W - len(enc.low[i])
+        wanted.append({pad + t: name for name, t in enc.named_positions(i).items()})
+    return sorted({p for w in wanted for p in w}), wanted
 
 
 def resolve_positions(spec: str, W: int, starts: list[int]) -> list[int]:
@@ -356,7 +426,7 @@ def _direction_tensors(enc: EncodedPairs, idx: list[int], direction: str, device
     return b, s, starts, (hi, lo, tgt)
 
 
-def _run_batches(handle, enc, direction, configs, opts, progress):
+def _run_batches(handle, enc, direction, configs, opts, progress, spec: str | None = None):
     """Yield (pair index list, W, positions, clean_base, clean_src, patched) batch by batch.
 
     The fast path chunks its forwards to `opts.memory_budget` bytes by itself; on an out-of-memory
@@ -374,23 +444,29 @@ def _run_batches(handle, enc, direction, configs, opts, progress):
         idx = order[i:i + bs]
         b, s, starts, answers = _direction_tensors(enc, idx, direction, handle.device)
         W = b["input_ids"].shape[1]
-        positions = resolve_positions(opts.positions, W, starts)
+        spec = spec or opts.positions
+        wanted = None
+        if spec == "named":
+            positions, wanted = resolve_named(enc, idx, W)
+        else:
+            positions = resolve_positions(spec, W, starts)
         try:
             res = fn(handle, b["input_ids"], s, b["attention_mask"], b["position_ids"], positions, starts,
-                     configs, answers, budget=budget)
+                     configs, answers, budget=budget, wanted=wanted)
         except torch.cuda.OutOfMemoryError:
             if bs == 1 and budget <= 1 << 20:
                 raise
             torch.cuda.empty_cache()
             bs, budget = max(1, bs // 2), max(1 << 20, budget // 2)
             continue
-        yield idx, W, positions, *res
+        yield idx, W, positions, wanted, *res
         if progress:
             progress(len(idx))
         i += len(idx)
 
 
-def _tidy(enc, idx, W, positions, configs, direction, clean_base, clean_src, patched) -> pd.DataFrame:
+def _tidy(enc, idx, W, positions, configs, direction, clean_base, clean_src, patched,
+          wanted: list[dict[int, str]] | None = None) -> pd.DataFrame:
     B, P, R = len(idx), len(positions), len(configs)
     ld = patched[..., 0] - patched[..., 1]
     ld_b = (clean_base[:, 0] - clean_base[:, 1])[:, None, None]
@@ -400,6 +476,10 @@ def _tidy(enc, idx, W, positions, configs, direction, clean_base, clean_src, pat
     lengths = np.array([len(enc.low[i]) for i in idx])
     pos_abs = np.array(positions)
     valid = pos_abs[None, :] >= (W - lengths)[:, None]  # not in a pair's left padding
+    names = np.array([[(wanted[b].get(p, "") if wanted is not None else "answer" if p == W - 1 else "")
+                       for p in positions] for b in range(B)], dtype=object)
+    if wanted is not None:  # named positions: each pair only at its own
+        valid &= names != ""
     bi, pj, rk, mm = np.meshgrid(np.arange(B), np.arange(P), np.arange(R), np.arange(4), indexing="ij")
     keep = valid[bi, pj]
     kinds = np.array([c[0] for c in configs], dtype=object)
@@ -412,6 +492,7 @@ def _tidy(enc, idx, W, positions, configs, direction, clean_base, clean_src, pat
         "site": kinds[rk[keep]],
         "layer": layers[rk[keep]],
         "position": (pos_abs - W)[pj[keep]],
+        "position_name": names[bi[keep], pj[keep]],
         "head": heads[rk[keep]],
         "metric": np.array(METRICS, dtype=object)[mm[keep]],
         "value": vals[keep],
@@ -498,46 +579,86 @@ def generate_sweep(handle: ModelHandle, enc: EncodedPairs, direction: str, confi
                                        else math.nan)):
                     rows.append((enc.ids[i], enc.n_low[i], direction, cfg[0], str(cfg[1]), -1,
                                  -1 if cfg[2] is None else cfg[2], metric, value))
-    return pd.DataFrame(rows, columns=["pair", "n_low", "direction", "site", "layer", "position", "head",
-                                       "metric", "value"])
+    out = pd.DataFrame(rows, columns=["pair", "n_low", "direction", "site", "layer", "position", "head",
+                                      "metric", "value"])
+    out.insert(6, "position_name", "answer")
+    return out
 
 
 def _layer_key(layer: str):
     return -1 if layer == "emb" else int(layer)
 
 
-def summarize(table: pd.DataFrame, opts: PatchOptions, stats: dict) -> dict:
-    """per_layer: normalised effect of the residual stream at the last position, mean over pairs + CI."""
-    direction = "denoise" if "denoise" in opts.directions else opts.directions[0]
+MIN_LD_GAP = 0.5       # logits: pairs with |LD_source - LD_base| below this are left out of the normalised mean
+MIN_KEPT_PAIRS = 8     # fewer pairs than this pass the correctness filter -> fall back to all aligned pairs
+
+
+def _direction_summary(table: pd.DataFrame, pair_ld: pd.DataFrame, direction: str, opts: PatchOptions,
+                       ratio: dict) -> dict:
+    """Residual stream at the last position, one direction: per-layer effects with CIs.
+
+    `mean` is the normalised effect over the pairs whose source and base logit differences
+    differ by more than MIN_LD_GAP (a ratio with a ~0 denominator says nothing); `delta_ld`
+    (patched LD - base LD, in logits) is over every pair, so a weak model still gets a number.
+    """
     t = table[(table.site == "resid") & (table.position == -1) & (table.direction == direction)]
+    gaps = pair_ld[pair_ld.direction == direction].drop_duplicates("pair").set_index("pair")
+    informative = set(gaps.index[(gaps.ld_source - gaps.ld_base).abs() > MIN_LD_GAP])
     per_layer, by_n = [], {}
     for layer in sorted(t.layer.unique(), key=_layer_key):
         tl = t[t.layer == layer]
-        norm = tl[tl.metric == "normalized"].value.to_numpy()
-        mean, lo, hi = bootstrap_ci(norm, opts.n_boot, opts.seed)
-        entry = {"layer": "emb" if layer == "emb" else int(layer), "mean": mean, "ci_low": lo, "ci_high": hi}
+        tn = tl[(tl.metric == "normalized") & tl.pair.isin(informative)]
+        mean, lo, hi = bootstrap_ci(tn.value.to_numpy(), opts.n_boot, opts.seed)
+        ld = tl[tl.metric == "logit_diff"]
+        delta = ld.value.to_numpy() - gaps.ld_base.reindex(ld.pair).to_numpy()
+        d_mean, d_lo, d_hi = bootstrap_ci(delta, opts.n_boot, opts.seed)
+        em = tl[tl.metric == "exact_match"].value.to_numpy()
+        em_lo, em_hi = wilson_ci(int(np.nansum(em)), int(np.isfinite(em).sum())) if len(em) else (math.nan,) * 2
+        entry = {"layer": "emb" if layer == "emb" else int(layer), "mean": mean, "ci_low": lo, "ci_high": hi,
+                 "n_pairs": int(len(tn)), "delta_ld": d_mean, "delta_ld_ci_low": d_lo, "delta_ld_ci_high": d_hi,
+                 "exact_match_ci_low": em_lo, "exact_match_ci_high": em_hi,
+                 "ratio_of_means": ratio.get(str(layer), math.nan)}
         for m in ("logit_diff", "p_target", "exact_match"):
             entry[m] = float(tl[tl.metric == m].value.mean())
         per_layer.append(entry)
-        for n, g in tl[tl.metric == "normalized"].groupby("n_low"):
+        for n, g in tn.groupby("n_low"):
             by_n.setdefault(str(n), []).append({"layer": entry["layer"], "mean": float(g.value.mean()),
                                                 "pairs": int(len(g))})
-    ratio = stats.pop("_ratio_of_means", {}).get(direction, {})
-    for e in per_layer:
-        e["ratio_of_means"] = ratio.get(str(e["layer"]), math.nan)
     gen = table[table.metric.str.startswith("gen_") & (table.site == "resid") & (table.direction == direction)]
     generate = [{"layer": "emb" if layer == "emb" else int(layer),
                  **{m: float(gen[(gen.layer == layer) & (gen.metric == m)].value.mean())
                     for m in ("gen_changed", "gen_exact_match", "gen_abs_shift")}}
                 for layer in sorted(gen.layer.unique(), key=_layer_key)] if len(gen) else []
-    return {"per_layer": per_layer, "by_n": by_n, "generate": generate, "direction": direction,
+    g = gaps.ld_source - gaps.ld_base
+    return {"per_layer": per_layer, "by_n": by_n, "generate": generate,
+            "informative_pairs": len(informative), "ld_gap_threshold": MIN_LD_GAP,
+            "mean_ld_base": float(gaps.ld_base.mean()), "mean_ld_source": float(gaps.ld_source.mean()),
+            "mean_ld_gap": float(g.mean()) if len(g) else math.nan}
+
+
+def summarize(table: pd.DataFrame, opts: PatchOptions, stats: dict, pair_ld: pd.DataFrame | None = None) -> dict:
+    """Per direction (`by_direction`); the top level repeats the first direction (denoise if it ran)."""
+    ratios = stats.pop("_ratio_of_means", {})
+    if pair_ld is None:  # no per-pair logit differences given: every pair counts as informative
+        frames = [pd.DataFrame({"pair": table[table.direction == d].pair.unique(), "direction": d,
+                                "ld_base": 0.0, "ld_source": np.inf}) for d in opts.directions]
+        pair_ld = pd.concat(frames, ignore_index=True)
+    by_direction = {d: _direction_summary(table, pair_ld, d, opts, ratios.get(d, {})) for d in opts.directions}
+    direction = "denoise" if "denoise" in opts.directions else opts.directions[0]
+    return {**by_direction[direction], "direction": direction, "by_direction": by_direction,
             "method": opts.method, "sites": list(opts.sites), "positions": opts.positions,
-            "directions": list(opts.directions), **stats}
+            "directions": list(opts.directions), "interval": "bootstrap 95% (means); wilson 95% (exact match)",
+            **stats}
 
 
 def run_patching(handle: ModelHandle, pairs: list[dict], opts: PatchOptions | None = None,
-                 progress: Callable[[int], None] | None = None) -> PatchResult:
-    """Filter pairs, sweep every requested direction, and return the tidy table + summary."""
+                 progress: Callable[[int], None] | None = None, log: Callable[[str], None] | None = None) -> PatchResult:
+    """Filter pairs, sweep every requested direction, and return the tidy table + summary.
+
+    When fewer than MIN_KEPT_PAIRS pairs pass the correctness filter (a model near chance), every
+    aligned pair is patched instead and the summary says so (`filter_fallback`); its effects
+    then describe where count information flows, not a working counter.
+    """
     opts = opts or PatchOptions()
     if opts.method not in ("fast", "reference"):
         raise InputError(f"--method must be fast or reference (got '{opts.method}')")
@@ -547,37 +668,62 @@ def run_patching(handle: ModelHandle, pairs: list[dict], opts: PatchOptions | No
     if not pairs:
         raise InputError("no pairs to patch")
     enc = encode_pairs(handle, pairs, opts.template)
+    if not enc.ids:
+        raise InputError(f"none of the {len(pairs)} pairs is token-aligned under this model's tokenizer "
+                         "(rebuild them with `countlens data pairs --tokenizer` for this model)")
     keep = baseline_keep(handle, enc, opts) if opts.filter != "none" else [True] * len(enc.ids)
-    kept = EncodedPairs(*[[v for v, k in zip(getattr(enc, f), keep) if k] for f in
-                          ("ids", "n_low", "low", "high", "start", "tok_low", "tok_high")],
-                        dropped_misaligned=enc.dropped_misaligned)
+    passed = int(sum(keep)) if opts.filter != "none" else None
+    fallback = None
+    if opts.filter != "none" and sum(keep) < min(MIN_KEPT_PAIRS, len(enc.ids)):
+        fallback = (f"only {sum(keep)} of {len(enc.ids)} aligned pairs are answered correctly on both prompts "
+                    f"(filter '{opts.filter}'); patched all {len(enc.ids)} aligned pairs instead")
+        if log:
+            log(f"patch: {fallback}")
+        keep = [True] * len(enc.ids)
+    kept = enc.subset(keep)
     stats = {"total_pairs": len(pairs), "dropped_misaligned": enc.dropped_misaligned,
-             "kept_pairs": len(kept.ids), "filter": opts.filter}
-    if not kept.ids:
-        raise InputError(f"no pair kept: the model answers none of the {len(enc.ids)} aligned pairs correctly "
-                         "on both prompts (use --filter none to patch anyway)")
-    configs = sweep_configs(handle, opts.sites)
-    frames, ratio = [], {}
+             "kept_pairs": len(kept.ids), "filter": opts.filter if fallback is None else "none",
+             "filter_requested": opts.filter, "filter_passed": passed, "filter_fallback": fallback}
+    configs = sweep_configs(handle, opts.sites, opts.layers)
+    comp = opts.component_positions or opts.positions
+    groups = [(configs, opts.positions)] if comp == opts.positions else \
+        [(g, spec) for g, spec in (([c for c in configs if c[0] == "resid"], opts.positions),
+                                   ([c for c in configs if c[0] != "resid"], comp)) if g]
+    frames, ratio, ld_rows = [], {}, []
     for direction in opts.directions:
         sums: dict[str, list[float]] = {}
-        for idx, W, positions, cb, cs, patched in _run_batches(handle, kept, direction, configs, opts, progress):
-            frames.append(_tidy(kept, idx, W, positions, configs, direction, cb, cs, patched))
-            # ratio of means (resid, last position): sums of (patched - base) and (source - base)
-            if positions[-1] == W - 1:
-                ld = patched[:, -1, :, 0] - patched[:, -1, :, 1]
-                ld_b = (cb[:, 0] - cb[:, 1])[:, None]
-                ld_s = (cs[:, 0] - cs[:, 1])[:, None]
-                for r, (kind, layer, _) in enumerate(configs):
-                    if kind == "resid":
-                        acc = sums.setdefault(str(layer), [0.0, 0.0])
-                        acc[0] += float((ld[:, r] - ld_b[:, 0]).sum())
-                        acc[1] += float((ld_s - ld_b).sum())
+        for gi, (configs, spec) in enumerate(groups):
+            for idx, W, positions, wanted, cb, cs, patched in _run_batches(
+                    handle, kept, direction, configs, opts, progress if gi == len(groups) - 1 else None, spec):
+                frames.append(_tidy(kept, idx, W, positions, configs, direction, cb, cs, patched, wanted))
+                if gi == 0:
+                    for j, i in enumerate(idx):
+                        ld_rows.append((kept.ids[i], direction, float(cb[j, 0] - cb[j, 1]),
+                                        float(cs[j, 0] - cs[j, 1])))
+                _ratio_sums(sums, configs, W, positions, cb, cs, patched)
         ratio[direction] = {k: a / b if b else math.nan for k, (a, b) in sums.items()}
         if opts.generate:
-            frames.append(generate_sweep(handle, kept, direction, [c for c in configs if c[0] == "resid"], opts))
+            gen_cfgs = [c for c in sweep_configs(handle, ("resid",), opts.layers)
+                        if opts.generate_layers is None or str(c[1]) in {str(x) for x in opts.generate_layers}]
+            frames.append(generate_sweep(handle, kept, direction, gen_cfgs, opts))
     table = pd.concat(frames, ignore_index=True)
     stats["_ratio_of_means"] = ratio
-    return PatchResult(table=table, summary=summarize(table, opts, stats), options=opts)
+    pair_ld = pd.DataFrame(ld_rows, columns=["pair", "direction", "ld_base", "ld_source"])
+    return PatchResult(table=table, summary=summarize(table, opts, stats, pair_ld), options=opts)
+
+
+def _ratio_sums(sums: dict, configs, W: int, positions: list[int], cb, cs, patched) -> None:
+    """Accumulate the ratio of means (resid, answer position): sums of (patched - base) and (source - base)."""
+    if positions[-1] != W - 1:
+        return
+    ld = patched[:, -1, :, 0] - patched[:, -1, :, 1]
+    ld_b = (cb[:, 0] - cb[:, 1])[:, None]
+    ld_s = (cs[:, 0] - cs[:, 1])[:, None]
+    for r, (kind, layer, _) in enumerate(configs):
+        if kind == "resid":
+            acc = sums.setdefault(str(layer), [0.0, 0.0])
+            acc[0] += float((ld[:, r] - ld_b[:, 0]).sum())
+            acc[1] += float((ld_s - ld_b).sum())
 
 
 def load_pairs(path: str | Path, n: int | None = None) -> list[dict]:

@@ -86,12 +86,18 @@ class StudyConfig(_Strict):
     dtype: Optional[str] = None
     device_map: Optional[str] = None
     preset: Literal["quick", "seed", "full"] = "quick"
+    # Working-set budget of the patching and steering forwards (rows are chunked to fit), e.g. 1GB, 512MB.
+    memory_budget: str = "1GB"
     data: DataConfig = DataConfig()
     pairs: PairsConfig = PairsConfig()
     bench: BenchConfig = BenchConfig()
     patch: PatchConfig = PatchConfig()
     probes: ProbeConfig = ProbeConfig()
     steer: SteerConfig = SteerConfig()
+
+    @property
+    def memory_budget_bytes(self) -> int:
+        return parse_bytes(self.memory_budget)
 
     def stage_hash(self, stage: str) -> str:
         """Hash of everything that can change a stage's output (its section + model + upstream)."""
@@ -102,6 +108,19 @@ class StudyConfig(_Strict):
         key = {"model": d["model"], "template": d["template"], "prompt_format": d["prompt_format"],
                "dtype": d["dtype"], **{s: d[s] for s in upstream}}
         return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def parse_bytes(text: str | int) -> int:
+    """'1GB', '512MB', '300k' or a number of bytes -> bytes (powers of 1024)."""
+    import re
+
+    if isinstance(text, int):
+        return text
+    m = re.fullmatch(r"\s*([0-9.]+)\s*([kmgt]?)i?b?\s*", str(text).lower())
+    if not m:
+        raise InputError(f"memory budget must look like 1GB, 512MB or a number of bytes (got '{text}')",
+                         field="memory_budget")
+    return int(float(m.group(1)) * 1024 ** "bkmgt".index(m.group(2) or "b"))
 
 
 DEEP = 8               # more decoder blocks than this: presets use layer subsets and named positions

@@ -114,9 +114,11 @@ class Study:
         from countlens.interp.patching import PatchOptions, load_pairs, run_patching, save_result
 
         c = self.cfg.patch
-        opts = PatchOptions(sites=tuple(c.sites), positions=c.positions, directions=tuple(c.directions),
-                            method=c.method, batch_size=c.batch_size, filter=c.filter, generate=c.generate,
-                            template=self.cfg.template)
+        opts = PatchOptions(sites=tuple(c.sites), positions=c.positions, component_positions=c.component_positions,
+                            directions=tuple(c.directions), method=c.method, batch_size=c.batch_size,
+                            filter=c.filter, generate=c.generate, template=self.cfg.template,
+                            generate_layers=tuple(c.generate_layers) if c.generate_layers else None,
+                            memory_budget=self.cfg.memory_budget_bytes)
         result = run_patching(self.handle, load_pairs(self.out / "pairs" / "pairs.jsonl"), opts, log=self.log)
         save_result(result, d)
         return result
@@ -137,7 +139,8 @@ class Study:
         rows = [ex.row() for _, ex in read_examples(self.data_file, c.n)]
         opts = SteerOptions(layers=tuple(c.layers) if c.layers else None, scales=tuple(c.scales),
                             positions=c.positions, vectors=(*c.vectors, "one-more", "random"),
-                            generate=c.generate, template=self.cfg.template)
+                            generate=c.generate, template=self.cfg.template,
+                            memory_budget=self.cfg.memory_budget_bytes)
         result = run_steering(self.handle, rows, opts)
         save_steering(result, d)
         return result
