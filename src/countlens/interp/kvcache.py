@@ -132,3 +132,41 @@ def build_cache(kvs: list[tuple[torch.Tensor, torch.Tensor]], config: Any, lengt
             k, v = k.index_select(0, rows.to(k.device)), v.index_select(0, rows.to(v.device))
         cache.update(k, v, i)
     return cache
+
+
+def shared_prefix_forward(model: Any, kvs: list[tuple[torch.Tensor, torch.Tensor]], prefix: int,
+                          token: torch.Tensor, position: torch.Tensor, mask2d: torch.Tensor, queries: int) -> Any:
+    """`queries` independent copies of each row's next token over one shared prefix cache: [B, Q] logits.
+
+    Row b's prefix KV (the first `prefix` positions) is stored once; its Q query tokens (the same
+    token id at the same position) each attend to the prefix and to themselves only, through a
+    4D additive mask, so a hook can treat query q as an independent run (a patch or a steering
+    vector per q) without a KV copy per run. Returns the model output (logits of all Q positions).
+    The caller checks `shared_prefix_ok` once per model: attention implementations that ignore
+    a custom 4D mask, or sliding windows shorter than the prompt, must use per-row caches.
+    """
+    B = token.shape[0]
+    dtype = kvs[0][0].dtype
+    neg = torch.finfo(dtype).min
+    pre = torch.where(mask2d[:, :prefix].bool(), 0.0, neg).to(dtype)          # [B, prefix]
+    eye = torch.full((queries, queries), neg, dtype=dtype, device=pre.device).fill_diagonal_(0.0)
+    mask = torch.cat([pre[:, None, None, :].expand(B, 1, queries, prefix),
+                      eye[None, None].expand(B, 1, queries, queries)], -1)
+    kwargs = {"logits_to_keep": queries} if keep_logits(model) else {}
+    return forward(model, cache=build_cache(kvs, model.config, prefix), input_ids=token[:, None].expand(B, queries),
+                   position_ids=position[:, None].expand(B, queries), attention_mask=mask, **kwargs)
+
+
+def shared_prefix_ok(model: Any, kvs: list[tuple[torch.Tensor, torch.Tensor]], prefix: int, token: torch.Tensor,
+                     position: torch.Tensor, mask2d: torch.Tensor, reference_logits: torch.Tensor) -> bool:
+    """Whether shared_prefix_forward reproduces the plain next-token logits (to 1e-4) for this model."""
+    windows = [w for w in sliding_windows(model.config) if w is not None]
+    if windows and min(windows) <= prefix + 1:
+        return False
+    try:
+        out = shared_prefix_forward(model, kvs, prefix, token[:1], position[:1], mask2d[:1], 2)
+    except Exception:  # noqa: BLE001  (an attention implementation that rejects a 4D mask)
+        return False
+    got = out.logits[0, -2:].float()
+    want = reference_logits[:1].float().expand_as(got)
+    return bool((got - want).abs().max() < 1e-4)

@@ -300,6 +300,7 @@ def _batch_fast(handle, base, src, mask, pos, positions, starts, configs, answer
     with _probe(info=info):
         out = kvcache.forward(model, input_ids=base, attention_mask=mask, position_ids=pos, last_logits=True)
         clean_base = _reduce(out.logits[:, -1], hi, lo, tgt)
+        out_last = out.logits[:, -1]
         kv = kvcache.kv_tensors(kvcache.output_cache(out))
         del out
         dims = _dims(handle, kv)
@@ -338,9 +339,15 @@ def _batch_fast(handle, base, src, mask, pos, positions, starts, configs, answer
                                   dtype=torch.long)
             if not len(active):
                 continue
+            pacts = {s: a[:, jj] for s, a in acts.items()}
+            if p == W - 1 and len(active) == B and _shared_ok(handle, kv, base, pos, mask, out_last):
+                shared = _patch_last_shared(handle, kv, base, pos, mask, configs, pacts, answers, budget, resident,
+                                            dims)
+                if shared is not None:
+                    patched[:, j] = shared
+                    continue
             per_row = _forward_bytes(handle, kv, dims, p, W - p)
             cap = max(1, (budget - resident) // per_row)
-            pacts = {s: a[:, jj] for s, a in acts.items()}
             n = len(active) * R
             for k0 in range(0, n, cap):
                 idx = torch.arange(k0, min(n, k0 + cap))
@@ -355,6 +362,74 @@ def _batch_fast(handle, base, src, mask, pos, positions, starts, configs, answer
                     patched[pair, j, cfg_of] = _reduce(o.logits[:, -1], hi[pair], lo[pair], tgt[pair])
                     del o
     return clean_base, clean_src, patched
+
+
+_SHARED_OK: dict[int, bool] = {}
+
+
+def _shared_ok(handle, kv, base, pos, mask, last_logits) -> bool:
+    """Whether this model honours the shared-prefix 4D mask (checked once per model object)."""
+    key = id(handle.model)
+    if key not in _SHARED_OK:
+        W = base.shape[1]
+        _SHARED_OK[key] = kvcache.shared_prefix_ok(handle.model, [(k[:1, :, :W - 1], v[:1, :, :W - 1]) for k, v in kv],
+                                                   W - 1, base[:, -1], pos[:, -1], mask, last_logits)
+    return _SHARED_OK[key]
+
+
+def _patch_last_shared(handle, kv, base, pos, mask, configs, pacts, answers, budget, resident, dims) -> torch.Tensor:
+    """Every config at the answer position as its own query token over the batch's one base cache.
+
+    Query q of pair b is config configs[q] patched with pair b's source activation; the queries
+    see the prompt and themselves only (kvcache.shared_prefix_forward), so there is no KV copy
+    per config. Returns [B, R, 4] like the per-row path, or None when one query per pair does not fit
+    the budget."""
+    B, W = base.shape
+    R = len(configs)
+    hi, lo, tgt = answers
+    # the batch's one prefix cache (copied into the cache, then concatenated with the queries' keys),
+    # plus per query: its logits, one layer's activations, attention scores over the width, mask row
+    fixed = 2 * B * kvcache.row_bytes(kv, handle.model.config, W - 1, 1)
+    per_query = B * (dims["vocab"] * (dims["elem"] + 4) + (4 * dims["hidden"] + 2 * dims["inter"]
+                                                         + 2 * dims["q_width"]) * dims["elem"]
+                     + (dims["heads"] * 4 + dims["elem"]) * (W + R) + kvcache.row_bytes(kv, handle.model.config,
+                                                                                      0, 1))
+    if resident + fixed + per_query > budget:
+        return None  # not even one query per pair fits: the per-row path chunks finer
+    Q = max(1, min(R, (budget - resident - fixed) // max(1, per_query)))
+    prefix = [(k[:, :, :W - 1], v[:, :, :W - 1]) for k, v in kv]
+    out = torch.empty(B, R, 4)
+    for q0 in range(0, R, Q):
+        chunk = list(range(q0, min(R, q0 + Q)))
+        by_site: dict[Site, list[tuple[int, int | None]]] = {}
+        for q, r in enumerate(chunk):
+            kind, layer, head = configs[r]
+            by_site.setdefault(Site("head" if kind == "head" else kind, layer), []).append((q, head))
+        import contextlib
+
+        with contextlib.ExitStack() as stack:
+            for site, items in by_site.items():
+                def fn(x, items=items, v=pacts[site]):  # x [B, Q, ...]: query q is config chunk[q]
+                    x = x.clone()
+                    v = v.to(x.device, x.dtype)
+                    for q, head in items:
+                        if head is None:
+                            x[:, q] = v
+                        else:
+                            x[:, q, head] = v[:, head]
+                    return x
+                stack.enter_context(hook(handle, site, fn))
+            with _probe(kind="patch", rows=B * len(chunk), prefix=W - 1, suffix=1, est_bytes=fixed + per_query * len(chunk),
+                        resident_bytes=resident, budget=budget):
+                o = kvcache.shared_prefix_forward(handle.model, prefix, W - 1, base[:, -1], pos[:, -1], mask,
+                                                  len(chunk))
+        logits = o.logits[:, -len(chunk):]                                       # [B, Q, V]
+        Qn = len(chunk)
+        red = _reduce(logits.reshape(B * Qn, -1), hi.repeat_interleave(Qn), lo.repeat_interleave(Qn),
+                      tgt.repeat_interleave(Qn)).view(B, Qn, 4)
+        out[:, q0:q0 + Qn] = red
+        del o, logits
+    return out
 
 
 @torch.no_grad()

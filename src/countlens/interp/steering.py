@@ -51,6 +51,7 @@ class SteerOptions:
     train_frac: float = 0.5
     batch_size: int = 64
     generate: bool = True
+    generate_n: int | None = None        # generation checks on the first N held-out examples (None: all)
     max_new_tokens: int = 6
     n_boot: int = 1000
     seed: int = 0
@@ -218,12 +219,16 @@ def count_logprobs_last(handle: ModelHandle, enc: Encoded, idx: list[int], count
     ids, mask, pos = batch["input_ids"], batch["attention_mask"], batch["position_ids"]
     B, W = ids.shape
     out = kvcache.forward(model, input_ids=ids, attention_mask=mask, position_ids=pos, last_logits=True)
-    base = torch.log_softmax(out.logits[:, -1].float(), -1)[:, count_tokens].cpu()
+    last_logits = out.logits[:, -1]
+    base = torch.log_softmax(last_logits.float(), -1)[:, count_tokens].cpu()
     kv = kvcache.kv_tensors(kvcache.output_cache(out))
     del out
     steered = base[None].repeat(len(configs), 1, 1)
     todo = [r for r, (_, _, scale) in enumerate(configs) if scale != 0.0]
     if not todo:
+        return base, steered
+    if W > 1 and _shared_ok(model, kv, W - 1, ids[:, -1], pos[:, -1], mask, last_logits):
+        _steer_shared(handle, configs, todo, kv, ids, mask, pos, count_tokens, memory_budget, steered)
         return base, steered
     prefix = [(k[:, :, :W - 1], v[:, :, :W - 1]) for k, v in kv]
     del kv
@@ -238,6 +243,50 @@ def count_logprobs_last(handle: ModelHandle, enc: Encoded, idx: list[int], count
                 raise
             torch.cuda.empty_cache()
             max_rows = max(1, max_rows // 2)
+
+
+_SHARED_OK: dict[int, bool] = {}
+
+
+def _shared_ok(model, kv, prefix, token, position, mask, logits) -> bool:
+    """Whether this model honours the shared-prefix 4D mask (checked once per model object)."""
+    key = id(model)
+    if key not in _SHARED_OK:
+        _SHARED_OK[key] = kvcache.shared_prefix_ok(model, [(k[:1, :, :prefix], v[:1, :, :prefix]) for k, v in kv],
+                                                   prefix, token, position, mask, logits)
+    return _SHARED_OK[key]
+
+
+def _steer_shared(handle, configs, todo, kv, ids, mask, pos, count_tokens, memory_budget, steered) -> None:
+    """Every setting as its own query token over the batch's one prompt cache (no KV copy per setting).
+
+    Query q of example b is setting todo[q]: the hook adds scale x vector[b] at query q of the
+    setting's site; the queries see the prompt and themselves only (kvcache.shared_prefix_forward).
+    """
+    model = handle.model
+    B, W = ids.shape
+    vocab = int(getattr(model.config, "vocab_size", None) or model.get_output_embeddings().weight.shape[0])
+    hidden = int(getattr(model.config, "hidden_size", None) or getattr(model.config, "n_embd"))
+    per_query = B * (vocab * 12 + hidden * 64 + 8 * W * 32)   # logits (3 float32 copies), activations, scores
+    Q = max(1, min(len(todo), int(memory_budget) // max(1, per_query)))
+    prefix = [(k[:, :, :W - 1], v[:, :, :W - 1]) for k, v in kv]
+    for q0 in range(0, len(todo), Q):
+        chunk = todo[q0:q0 + Q]
+        by_site: dict[Site, torch.Tensor] = {}
+        for q, r in enumerate(chunk):
+            site, vectors, scale = configs[r]
+            d = by_site.setdefault(site, torch.zeros(B, len(chunk), hidden))
+            d[:, q] = torch.as_tensor(vectors, dtype=torch.float32) * scale
+        with contextlib.ExitStack() as stack:
+            for site, d in by_site.items():
+                def fn(x, d=d):  # x [B, Q, hidden]: query q is setting chunk[q]
+                    return x + d.to(x.device, x.dtype)
+                stack.enter_context(hook(handle, site, fn))
+            o = kvcache.shared_prefix_forward(model, prefix, W - 1, ids[:, -1], pos[:, -1], mask, len(chunk))
+        lp = torch.log_softmax(o.logits[:, -len(chunk):].float(), -1)[..., count_tokens].cpu()  # [B, Q, C]
+        del o
+        for q, r in enumerate(chunk):
+            steered[r] = lp[:, q]
 
 
 def _steer_rows(handle, configs, todo, prefix, ids, mask, pos, count_tokens, max_rows, steered) -> None:
@@ -512,6 +561,8 @@ def _generate_checks(handle, test, eval_idx, vecs, summary, opts, prefix) -> lis
     settings = [("none", None, 0.0)] + [(k, summary[k]["best"]["layer"], summary[k]["best"]["scale"])
                                          for k in opts.vectors if k in summary and summary[k].get("best")]
     settings += [("random", s[1], s[2]) for s in settings[1:2]]
+    if opts.generate_n is not None:
+        eval_idx = eval_idx[:opts.generate_n]
     for kind, layer, scale in settings:
         answers = []
         for i0 in range(0, len(eval_idx), opts.batch_size):
@@ -526,7 +577,8 @@ def _generate_checks(handle, test, eval_idx, vecs, summary, opts, prefix) -> lis
         n = test.answers[eval_idx]
         parsed = np.array([a is not None for a in answers])
         success = np.array([a == int(x) + 1 for a, x in zip(answers, n)])
-        results.append({"vector": kind, "layer": layer, "scale": scale, "parse_rate": float(parsed.mean()),
+        results.append({"vector": kind, "layer": layer, "scale": scale, "n": len(eval_idx),
+                        "parse_rate": float(parsed.mean()),
                         "success_rate": float(success.mean()),
                         "correct_rate": float(np.mean([a == int(x) for a, x in zip(answers, n)]))})
     return results

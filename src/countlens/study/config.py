@@ -76,6 +76,7 @@ class SteerConfig(_Strict):
     positions: Literal["last", "from-list", "all"] = "last"
     vectors: list[Literal["mean-diff", "probe"]] = ["mean-diff", "probe"]
     generate: bool = True
+    generate_n: Optional[int] = None         # None: every held-out example (shallow) or DEEP_GENERATE_N (deep)
 
 
 class StudyConfig(_Strict):
@@ -127,6 +128,7 @@ DEEP = 8               # more decoder blocks than this: presets use layer subset
 GENERATE_LAYERS = 6
 PROBE_LAYERS = 16
 STEER_LAYERS = 8
+DEEP_GENERATE_N = 100
 
 
 def spread_layers(n_layers: int, k: int) -> list[str]:
@@ -154,7 +156,9 @@ def fit_to_model(cfg: "StudyConfig", n_layers: int) -> "StudyConfig":
     pr = cfg.probes.model_copy(update={"layers": cfg.probes.layers if cfg.probes.layers is not None
                                        else (spread_layers(n_layers, PROBE_LAYERS) if deep else None)})
     st = cfg.steer.model_copy(update={"layers": cfg.steer.layers if cfg.steer.layers is not None
-                                      else (spread_layers(n_layers, STEER_LAYERS) if deep else None)})
+                                      else (spread_layers(n_layers, STEER_LAYERS) if deep else None),
+                                      "generate_n": cfg.steer.generate_n if cfg.steer.generate_n is not None
+                                      else (DEEP_GENERATE_N if deep else None)})
     return cfg.model_copy(update={"patch": p, "probes": pr, "steer": st})
 
 

@@ -139,7 +139,7 @@ class Study:
         rows = [ex.row() for _, ex in read_examples(self.data_file, c.n)]
         opts = SteerOptions(layers=tuple(c.layers) if c.layers else None, scales=tuple(c.scales),
                             positions=c.positions, vectors=(*c.vectors, "one-more", "random"),
-                            generate=c.generate, template=self.cfg.template,
+                            generate=c.generate, generate_n=c.generate_n, template=self.cfg.template,
                             memory_budget=self.cfg.memory_budget_bytes)
         result = run_steering(self.handle, rows, opts)
         save_steering(result, d)
