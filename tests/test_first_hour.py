@@ -60,3 +60,17 @@ def test_output_files_respect_the_umask(tmp_path):
 def test_lexicon_help_keeps_its_brackets():
     p = run_cli("lexicon", "--help", check=True)
     assert '{"categories": {name: [words]}, "noise": [words]}' in p.stdout
+
+
+def test_n_larger_than_available_warns_with_the_reason(tmp_path):
+    run_cli("data", "generate", "--n", "60", "--out", str(tmp_path / "d.jsonl"), check=True)
+    p = run_cli("data", "pairs", "--data", str(tmp_path / "d.jsonl"), "--tokenizer", "organism", "--n", "1000",
+                "--out", str(tmp_path / "p.jsonl"), "--json", check=True)
+    import json
+
+    got = json.loads(p.stdout)["pairs"]
+    assert got < 1000 and f"warning: {got} of 1000 pairs asked" in p.stderr
+    assert "cannot be the low side of a pair" in p.stderr
+    p = run_cli("steer", "--data", str(tmp_path / "d.jsonl"), "--n", "100000", "--out", str(tmp_path / "s"),
+                "--layers", "2", "--scales", "0,1", "--no-generate")
+    assert "warning: --n 100000 asked" in p.stderr and "only 60 rows" in p.stderr

@@ -51,6 +51,12 @@ def log(msg: str) -> None:
     sys.stderr.write(msg + "\n")
 
 
+def warn_short(asked: int | None, got: int, what: str, source: Any) -> None:
+    """--n asked for more than the file holds: say so on stderr (the command still runs on what there is)."""
+    if asked is not None and got < asked:
+        log(f"warning: --n {asked} asked, but {source} holds only {got} {what}; running on {got}")
+
+
 def check_model(model: str | None) -> None:
     """Resolve a --model argument before anything is read or written (one line, exit 2, on a bad one)."""
     if model:
@@ -121,7 +127,8 @@ def data_validate(
 def data_pairs(
     data: Path = typer.Option(..., "--data", help="JSONL dataset."),
     tokenizer: str = typer.Option(..., "--tokenizer", help="Tokenizer folder, hub name or 'organism'."),
-    n: int = typer.Option(200, "--n", help="Number of pairs."),
+    n: int = typer.Option(200, "--n", help="Pairs to build (balanced over N; fewer, with a warning, if the data "
+                                           "cannot give that many)."),
     out: Path = typer.Option(..., "--out"),
     change_at: str = typer.Option("first", "--change-at", help="first|last|random|all"),
     seed: int = typer.Option(0, "--seed"),
@@ -133,6 +140,8 @@ def data_pairs(
     from countlens.data.pairs import build_pairs
 
     s = build_pairs(data, tokenizer, n, out, change_at=change_at, seed=seed, lexicon=lexicon, template=template)
+    if s.get("short_reason"):
+        log(f"warning: {s['short_reason']}")
     human = (f"wrote {s['pairs']} aligned pairs to {out} (dropped_misaligned {s['dropped_misaligned']}, "
              f"redrawn {s['redrawn']}, by N {s['by_n_low']})")
     emit(s, as_json, human)
@@ -143,7 +152,7 @@ def patch(
     model: str = typer.Option("organism", "--model", help="organism, a folder, or hf:NAME."),
     pairs: Path = typer.Option(..., "--pairs", help="Pairs JSONL from `countlens data pairs`."),
     out: Path = typer.Option(..., "--out"),
-    n: Optional[int] = typer.Option(None, "--n", help="First N pairs."),
+    n: Optional[int] = typer.Option(None, "--n", help="The first N pairs of the pairs file (in file order)."),
     sites: str = typer.Option("resid", "--sites", help="Comma list of resid,attn,mlp,head."),
     positions: str = typer.Option("last", "--positions", help="last | all (from the changed word on) | named "
                                   "(changed word, last list word, answer) | offsets from the end, e.g. -1,-2."),
@@ -181,6 +190,7 @@ def patch(
                         directions=dirs, method=method, batch_size=batch_size, filter=filter,
                         k_samples=k_samples, generate=generate, template=template)
     pair_rows = load_pairs(pairs, n)
+    warn_short(n, len(pair_rows), "pairs", pairs)
     handle = load(model, device=device, dtype=dtype, device_map=device_map, prompt_format=prompt_format)
     with tqdm(total=len(pair_rows) * len(dirs), desc="patch", unit="pair", file=sys.stderr) as bar:
         result = run_patching(handle, pair_rows, opts, progress=bar.update, log=log)
@@ -338,6 +348,7 @@ def steer(
         scale_list = (0.0, *scale_list)
     layer_list = tuple(x.strip() for x in layers.split(",")) if layers else None
     rows = [ex.row() for _, ex in read_examples(data, n)]
+    warn_short(n, len(rows), "rows", data)
     handle = load(model, device=device, dtype=dtype, device_map=device_map, prompt_format=prompt_format)
     opts = SteerOptions(layers=layer_list, scales=scale_list, positions=positions,
                         vectors=(*kinds, "one-more", "random"), train_frac=train_frac, generate=generate,

@@ -162,7 +162,14 @@ def make_pairs(data: str | Path, tokenizer: Any, n: int, *,
                           "token_span": list(span), "n_tokens": n_tokens, "tokenizer": tokenizer_name,
                           "low": low, "high": high})
             per_n[ex.answer] += 1
-    stats = {"pairs": len(pairs), "dropped_misaligned": dropped, "redrawn": redrawn,
+    short = None
+    if len(pairs) < n:
+        eligible = sum(1 for _, ex in examples if ex.answer < max_n)
+        short = (f"{len(pairs)} of {n} pairs asked: {len(examples)} rows, of which {eligible} have a count below the "
+                 f"maximum {max_n} (a row with the maximum count cannot be the low side of a pair), at most {cap} "
+                 f"pairs per count to keep counts balanced, {dropped} candidates misaligned under the tokenizer, "
+                 f"{skipped_label} rows with label errors")
+    stats = {"pairs": len(pairs), "asked": n, "short_reason": short, "dropped_misaligned": dropped, "redrawn": redrawn,
              "skipped_label_errors": skipped_label, "by_n_low": {str(k): v for k, v in sorted(per_n.items())},
              "change_at": change_at, "tokenizer": tokenizer_name}
     return pairs, stats

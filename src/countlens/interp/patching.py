@@ -47,6 +47,8 @@ class PatchOptions:
     component_positions: str | None = None  # positions for attn / mlp / head sites (None: as `positions`)
     layers: tuple | None = None             # restrict the sweep to these layers ("emb", 0, 3, ...); None: all
     generate_layers: tuple | None = None    # layers of the generate protocol (None: every swept resid layer)
+    named_layers: tuple | None = None       # with positions=named: resid layers patched at the changed and last
+                                            # list word (every layer is patched at the answer); None: all
     directions: tuple[str, ...] = ("denoise",)
     method: str = "fast"                    # fast | reference
     batch_size: int = 16                    # pairs per batch (rows = pairs x sweep configs)
@@ -462,12 +464,13 @@ def _batch_reference(handle, base, src, mask, pos, positions, starts, configs, a
     return clean_base, clean_src, patched
 
 
-def resolve_named(enc: EncodedPairs, idx: list[int], W: int) -> tuple[list[int], list[dict[int, str]]]:
+def resolve_named(enc: EncodedPairs, idx: list[int], W: int, answer: bool = True
+                  ) -> tuple[list[int], list[dict[int, str]]]:
     """Named positions of a batch: the union of padded indices, and per pair {index: name}."""
     wanted = []
     for i in idx:
         pad = W - len(enc.low[i])
-        wanted.append({pad + t: name for name, t in enc.named_positions(i).items()})
+        wanted.append({pad + t: name for name, t in enc.named_positions(i).items() if answer or name != "answer"})
     return sorted({p for w in wanted for p in w}), wanted
 
 
@@ -521,8 +524,8 @@ def _run_batches(handle, enc, direction, configs, opts, progress, spec: str | No
         W = b["input_ids"].shape[1]
         spec = spec or opts.positions
         wanted = None
-        if spec == "named":
-            positions, wanted = resolve_named(enc, idx, W)
+        if spec in ("named", "named-list"):
+            positions, wanted = resolve_named(enc, idx, W, answer=spec == "named")
         else:
             positions = resolve_positions(spec, W, starts)
         try:
@@ -761,9 +764,16 @@ def run_patching(handle: ModelHandle, pairs: list[dict], opts: PatchOptions | No
              "filter_requested": opts.filter, "filter_passed": passed, "filter_fallback": fallback}
     configs = sweep_configs(handle, opts.sites, opts.layers)
     comp = opts.component_positions or opts.positions
-    groups = [(configs, opts.positions)] if comp == opts.positions else \
-        [(g, spec) for g, spec in (([c for c in configs if c[0] == "resid"], opts.positions),
-                                   ([c for c in configs if c[0] != "resid"], comp)) if g]
+    resid, comps = [c for c in configs if c[0] == "resid"], [c for c in configs if c[0] != "resid"]
+    if opts.positions == "named" and opts.named_layers is not None:
+        # every resid layer at the answer (one cheap query each), a layer subset at the list words
+        sub = {str(x) for x in opts.named_layers}
+        groups = [(resid, "last"), ([c for c in resid if str(c[1]) in sub], "named-list")]
+    elif comp == opts.positions:
+        groups, comps = [(configs, opts.positions)], []
+    else:
+        groups = [(resid, opts.positions)]
+    groups = [(g, spec) for g, spec in groups + [(comps, comp)] if g]
     frames, ratio, ld_rows = [], {}, []
     for direction in opts.directions:
         sums: dict[str, list[float]] = {}

@@ -268,7 +268,9 @@ def _steer_shared(handle, configs, todo, kv, ids, mask, pos, count_tokens, memor
     vocab = int(getattr(model.config, "vocab_size", None) or model.get_output_embeddings().weight.shape[0])
     hidden = int(getattr(model.config, "hidden_size", None) or getattr(model.config, "n_embd"))
     per_query = B * (vocab * 12 + hidden * 64 + 8 * W * 32)   # logits (3 float32 copies), activations, scores
-    Q = max(1, min(len(todo), int(memory_budget) // max(1, per_query)))
+    per_pos = sum(k[0, :, 0].numel() * k.element_size() + v[0, :, 0].numel() * v.element_size() for k, v in kv)
+    fixed = 3 * B * per_pos * W  # the batch's KV, the cache's copy of it and the concatenation with the queries
+    Q = max(1, min(len(todo), (int(memory_budget) - fixed) // max(1, per_query)))
     prefix = [(k[:, :, :W - 1], v[:, :, :W - 1]) for k, v in kv]
     for q0 in range(0, len(todo), Q):
         chunk = todo[q0:q0 + Q]

@@ -95,7 +95,9 @@ def preset_plan(cfg: Any) -> str:
     """The grids the study ran, in words (presets scale with the model)."""
     p, s = cfg.patch, cfg.steer
     comps = [k for k in p.sites if k != "resid"]
-    sweeps = "; ".join(([f"resid at {p.positions}"] if "resid" in p.sites else [])
+    named = (f"resid at the answer on every layer and at the changed and last list word on layers "
+             f"{', '.join(p.named_layers)}") if p.positions == "named" and getattr(p, "named_layers", None) else None
+    sweeps = "; ".join(([named or f"resid at {p.positions}"] if "resid" in p.sites else [])
                        + ([f"{', '.join(comps)} at {p.component_positions}"] if comps else []))
     gen = ("on layers " + ", ".join(p.generate_layers) if p.generate_layers else "on every layer") \
         if p.generate else "off"

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Literal, Optional
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError
 
 from countlens.errors import InputError
 
@@ -55,6 +55,7 @@ class PatchConfig(_Strict):
     method: Literal["fast", "reference"] = "fast"
     generate: bool = True
     generate_layers: Optional[list[str]] = None   # None: every layer (shallow) or GENERATE_LAYERS spread (deep)
+    named_layers: Optional[list[str]] = None      # positions=named: resid layers at the list words (deep: a spread)
     filter: Literal["greedy", "sampled", "none"] = "greedy"
     batch_size: int = 16
 
@@ -77,9 +78,11 @@ class SteerConfig(_Strict):
     vectors: list[Literal["mean-diff", "probe"]] = ["mean-diff", "probe"]
     generate: bool = True
     generate_n: Optional[int] = None         # None: every held-out example (shallow) or DEEP_GENERATE_N (deep)
+    batch_size: int = 64
 
 
 class StudyConfig(_Strict):
+    _explicit: set = PrivateAttr(default_factory=set)   # dotted keys the user set (YAML or flags)
     model: str = "organism"
     template: Optional[str] = None          # default: the model's native template (or seed-v1)
     prompt_format: Literal["auto", "chat", "raw"] = "auto"
@@ -126,9 +129,11 @@ def parse_bytes(text: str | int) -> int:
 
 DEEP = 8               # more decoder blocks than this: presets use layer subsets and named positions
 GENERATE_LAYERS = 6
-PROBE_LAYERS = 16
+PROBE_LAYERS = 11
 STEER_LAYERS = 8
 DEEP_GENERATE_N = 100
+NAMED_LAYERS = 11
+DEEP_QUICK_SIZES = {"bench.n": 200, "probes.n": 400, "steer.n": 400, "steer.batch_size": 16}
 
 
 def spread_layers(n_layers: int, k: int) -> list[str]:
@@ -152,14 +157,23 @@ def fit_to_model(cfg: "StudyConfig", n_layers: int) -> "StudyConfig":
         "component_positions": cfg.patch.component_positions if cfg.patch.component_positions != "auto"
         else ("last" if deep else (cfg.patch.positions if cfg.patch.positions != "auto" else "all")),
         "generate_layers": cfg.patch.generate_layers if cfg.patch.generate_layers is not None
-        else (spread_layers(n_layers, GENERATE_LAYERS) if deep else None)})
+        else (spread_layers(n_layers, GENERATE_LAYERS) if deep else None),
+        "named_layers": cfg.patch.named_layers if cfg.patch.named_layers is not None
+        else (spread_layers(n_layers, NAMED_LAYERS) if deep else None)})
     pr = cfg.probes.model_copy(update={"layers": cfg.probes.layers if cfg.probes.layers is not None
                                        else (spread_layers(n_layers, PROBE_LAYERS) if deep else None)})
     st = cfg.steer.model_copy(update={"layers": cfg.steer.layers if cfg.steer.layers is not None
                                       else (spread_layers(n_layers, STEER_LAYERS) if deep else None),
                                       "generate_n": cfg.steer.generate_n if cfg.steer.generate_n is not None
                                       else (DEEP_GENERATE_N if deep else None)})
-    return cfg.model_copy(update={"patch": p, "probes": pr, "steer": st})
+    out = cfg.model_copy(update={"patch": p, "probes": pr, "steer": st})
+    if deep and cfg.preset == "quick":  # sizes that fit a deep model's quick study in ~10 minutes on 2 cores
+        for key, value in DEEP_QUICK_SIZES.items():
+            if key not in cfg._explicit:
+                section, field = key.split(".")
+                setattr(out, section, getattr(out, section).model_copy(update={field: value}))
+    out._explicit = cfg._explicit
+    return out
 
 
 PRESETS: dict[str, dict] = {
@@ -212,13 +226,25 @@ def build_config(file: str | Path | None = None, preset: str | None = None, **ov
     merged = _merge(_merge({"preset": name}, PRESETS[name]), user)
     merged = _merge(merged, {k: v for k, v in overrides.items() if v is not None})
     merged["preset"] = name
+    explicit = _paths(user) | _paths({k: v for k, v in overrides.items() if v is not None})
     try:
-        return StudyConfig.model_validate(merged)
+        cfg = StudyConfig.model_validate(merged)
+        cfg._explicit = explicit
+        return cfg
     except ValidationError as e:
         err = e.errors()[0]
         loc = ".".join(str(p) for p in err["loc"])
         line = _line_of(file, err["loc"]) if file else None
         raise InputError(err["msg"].lower(), file=str(file) if file else "config", line=line, field=loc) from None
+
+
+def _paths(d: dict, prefix: str = "") -> set[str]:
+    """Dotted keys a user set (e.g. {"bench.n", "model"}), so model-fitted sizes never override them."""
+    out: set[str] = set()
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        out |= _paths(v, key + ".") if isinstance(v, dict) else {key}
+    return out
 
 
 def _line_of(file, loc) -> int | None:

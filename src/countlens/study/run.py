@@ -118,6 +118,7 @@ class Study:
                             directions=tuple(c.directions), method=c.method, batch_size=c.batch_size,
                             filter=c.filter, generate=c.generate, template=self.cfg.template,
                             generate_layers=tuple(c.generate_layers) if c.generate_layers else None,
+                            named_layers=tuple(c.named_layers) if c.named_layers else None,
                             memory_budget=self.cfg.memory_budget_bytes)
         result = run_patching(self.handle, load_pairs(self.out / "pairs" / "pairs.jsonl"), opts, log=self.log)
         save_result(result, d)
@@ -140,6 +141,7 @@ class Study:
         opts = SteerOptions(layers=tuple(c.layers) if c.layers else None, scales=tuple(c.scales),
                             positions=c.positions, vectors=(*c.vectors, "one-more", "random"),
                             generate=c.generate, generate_n=c.generate_n, template=self.cfg.template,
+                            batch_size=c.batch_size,
                             memory_budget=self.cfg.memory_budget_bytes)
         result = run_steering(self.handle, rows, opts)
         save_steering(result, d)
