@@ -128,12 +128,12 @@ def parse_bytes(text: str | int) -> int:
 
 
 DEEP = 8               # more decoder blocks than this: presets use layer subsets and named positions
-GENERATE_LAYERS = 6
+GENERATE_LAYERS = 4
 PROBE_LAYERS = 11
 STEER_LAYERS = 8
-DEEP_GENERATE_N = 100
+DEEP_GENERATE_N = 50
 NAMED_LAYERS = 11
-DEEP_QUICK_SIZES = {"bench.n": 200, "probes.n": 400, "steer.n": 400, "steer.batch_size": 16}
+DEEP_QUICK_SIZES = {"pairs.n": 32, "bench.n": 200, "probes.n": 400, "steer.n": 320, "steer.batch_size": 16}
 
 
 def spread_layers(n_layers: int, k: int) -> list[str]:
