@@ -695,7 +695,7 @@ def _direction_summary(table: pd.DataFrame, pair_ld: pd.DataFrame, direction: st
         entry = {"layer": "emb" if layer == "emb" else int(layer), "mean": mean, "ci_low": lo, "ci_high": hi,
                  "n_pairs": int(len(tn)), "delta_ld": d_mean, "delta_ld_ci_low": d_lo, "delta_ld_ci_high": d_hi,
                  "exact_match_ci_low": em_lo, "exact_match_ci_high": em_hi,
-                 "ratio_of_means": ratio.get(str(layer), math.nan)}
+                 "ratio_of_means": ratio.get(str(layer), math.nan) if informative else math.nan}
         for m in ("logit_diff", "p_target", "exact_match"):
             entry[m] = float(tl[tl.metric == m].value.mean())
         per_layer.append(entry)

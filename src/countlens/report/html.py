@@ -196,7 +196,7 @@ def patch_section(out: Path) -> list[Block]:
         return blocks + [("p", "The patching stage has not run.")]
     pl = s["per_layer"]
     rows = [[str(e["layer"]), _ci(e, "mean", pct=False),
-             _ci(e, "delta_ld", "delta_ld_ci_low", "delta_ld_ci_high", pct=False),
+             f"{_num(e.get('delta_ld'), 3)} [{_num(e.get('delta_ld_ci_low'), 3)}, {_num(e.get('delta_ld_ci_high'), 3)}]",
              _num(e.get("ratio_of_means")), _pct(e.get("p_target")),
              _ci(e, "exact_match", "exact_match_ci_low", "exact_match_ci_high")] for e in pl]
     first_half = next((e for e in pl if (e["mean"] or 0) >= 0.5), None)
@@ -212,7 +212,13 @@ def patch_section(out: Path) -> list[Block]:
               f"{_num(s.get('mean_ld_gap'))}); the change in logit difference is over every pair."),
         ("table", (["layer", "normalised effect [95% CI]", "Δ logit diff [95% CI]", "ratio of means", "P(target)",
                     "argmax = target [95% CI]"], rows)),
-        ("p", f"Reading: the normalised effect of patching the residual stream at the answer position is "
+        ("p", (f"Reading: no pair's source and base logit differences differ by more than "
+               f"{s.get('ld_gap_threshold')} logits (mean gap {_num(s.get('mean_ld_gap'), 3)}): the model's output "
+               "barely tells the two counts of a pair apart, so there is no output difference for patching to "
+               "move and the normalised effect is undefined; the Δ logit-difference column shows the (small) "
+               "absolute effects. This describes where the changed word's information flows, not a counter."
+         if s.get("informative_pairs") == 0 else
+              f"Reading: the normalised effect of patching the residual stream at the answer position is "
               f"{_num(pl[0]['mean'], 2)} at 'emb' and {_num(pl[-1]['mean'], 2)} after the last block (0: no "
               f"change, 1: the patched run behaves like the source prompt); it first passes one half at layer "
               f"{first_half['layer'] if first_half else 'n/a'}. "
@@ -220,7 +226,7 @@ def patch_section(out: Path) -> list[Block]:
               "information sits at each layer: effect at the changed word's position in early layers and at "
               "the answer position only in late layers suggests a running count carried forward; effect only "
               "at the answer position suggests aggregation at the end. Averages hide single-pair noise: see "
-              "the CI."),
+              "the CI.")),
     ]
     gen = s.get("generate") or []
     if gen:
@@ -279,6 +285,13 @@ def steer_section(out: Path) -> list[Block]:
         blocks.append(("table", (["generation", "layer", "scale", "parse rate", "N+1 rate", "still correct"],
                                  [[g["vector"], str(g["layer"]), _num(g["scale"], 1), _pct(g["parse_rate"]),
                                    _pct(g["success_rate"]), _pct(g["correct_rate"])] for g in gen])))
+    md = (s.get("mean-diff") or {}).get("best") or {}
+    if md and md.get("ci_low") is not None and md.get("control_success_rate") is not None \
+            and md["ci_low"] <= md["control_success_rate"]:
+        blocks.append(("p", "No steering vector moved the count N -> N+1 more often than a random vector of the "
+                            f"same norm (best mean-difference setting {_pct(md.get('success_rate'))} against "
+                            f"{_pct(md.get('control_success_rate'))} for the control): this model's count is not "
+                            "steerable along these directions at these scales."))
     blocks.append(("p", "Reading: the best setting is chosen among layers before the last block, because at the "
                         "last block's output any class-mean difference moves the logits almost by construction "
                         "(reported separately). The random vector of the same norm is the control: success well "
