@@ -106,7 +106,7 @@ def test_fast_equals_reference_on_smollm2_every_site(smol, smol_pairs):
     sites = ("resid", "attn", "mlp", "head")
     fast = run_patching(smol, pairs[:2], PatchOptions(sites=sites, positions="last", filter="none")).table
     assert len(fast) == 2 * 4 * (31 + 30 + 30 + 30 * 9)
-    assert set(fast[fast.site == "head"].head) == set(range(9))
+    assert set(fast[fast.site == "head"]["head"]) == set(range(9))
     ref = run_patching(smol, pairs[:2], PatchOptions(sites=sites, positions="last", filter="none", method="reference",
                                                      layers=("emb", 0, 14, 29))).table
     m = fast.merge(ref, on=key, suffixes=("_f", "_r"))
