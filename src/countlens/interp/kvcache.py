@@ -25,6 +25,7 @@ copy is unavoidable through the cache API; callers bound it by chunking rows (`r
 from __future__ import annotations
 
 import inspect
+import weakref
 from functools import lru_cache
 from typing import Any
 
@@ -157,9 +158,20 @@ def shared_prefix_forward(model: Any, kvs: list[tuple[torch.Tensor, torch.Tensor
                    position_ids=position[:, None].expand(B, queries), attention_mask=mask, **kwargs)
 
 
+_SHARED_OK: "weakref.WeakKeyDictionary[Any, bool]" = weakref.WeakKeyDictionary()
+
+
 def shared_prefix_ok(model: Any, kvs: list[tuple[torch.Tensor, torch.Tensor]], prefix: int, token: torch.Tensor,
                      position: torch.Tensor, mask2d: torch.Tensor, reference_logits: torch.Tensor) -> bool:
-    """Whether shared_prefix_forward reproduces the plain next-token logits (to 1e-4) for this model."""
+    """Whether shared_prefix_forward reproduces the plain next-token logits (to 1e-4) for this model;
+    checked on the batch's first row, once per model object."""
+    if model not in _SHARED_OK:
+        one = [(k[:1, :, :prefix], v[:1, :, :prefix]) for k, v in kvs]
+        _SHARED_OK[model] = _check_shared(model, one, prefix, token, position, mask2d, reference_logits)
+    return _SHARED_OK[model]
+
+
+def _check_shared(model: Any, kvs, prefix: int, token, position, mask2d, reference_logits) -> bool:
     windows = [w for w in sliding_windows(model.config) if w is not None]
     if windows and min(windows) <= prefix + 1:
         return False

@@ -342,7 +342,8 @@ def _batch_fast(handle, base, src, mask, pos, positions, starts, configs, answer
             if not len(active):
                 continue
             pacts = {s: a[:, jj] for s, a in acts.items()}
-            if p == W - 1 and len(active) == B and _shared_ok(handle, kv, base, pos, mask, out_last):
+            if p == W - 1 and len(active) == B and kvcache.shared_prefix_ok(model, kv, W - 1, base[:, -1],
+                                                                            pos[:, -1], mask, out_last):
                 shared = _patch_last_shared(handle, kv, base, pos, mask, configs, pacts, answers, budget, resident,
                                             dims)
                 if shared is not None:
@@ -364,19 +365,6 @@ def _batch_fast(handle, base, src, mask, pos, positions, starts, configs, answer
                     patched[pair, j, cfg_of] = _reduce(o.logits[:, -1], hi[pair], lo[pair], tgt[pair])
                     del o
     return clean_base, clean_src, patched
-
-
-_SHARED_OK: dict[int, bool] = {}
-
-
-def _shared_ok(handle, kv, base, pos, mask, last_logits) -> bool:
-    """Whether this model honours the shared-prefix 4D mask (checked once per model object)."""
-    key = id(handle.model)
-    if key not in _SHARED_OK:
-        W = base.shape[1]
-        _SHARED_OK[key] = kvcache.shared_prefix_ok(handle.model, [(k[:1, :, :W - 1], v[:1, :, :W - 1]) for k, v in kv],
-                                                   W - 1, base[:, -1], pos[:, -1], mask, last_logits)
-    return _SHARED_OK[key]
 
 
 def _patch_last_shared(handle, kv, base, pos, mask, configs, pacts, answers, budget, resident, dims) -> torch.Tensor:

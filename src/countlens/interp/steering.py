@@ -227,7 +227,7 @@ def count_logprobs_last(handle: ModelHandle, enc: Encoded, idx: list[int], count
     todo = [r for r, (_, _, scale) in enumerate(configs) if scale != 0.0]
     if not todo:
         return base, steered
-    if W > 1 and _shared_ok(model, kv, W - 1, ids[:, -1], pos[:, -1], mask, last_logits):
+    if W > 1 and kvcache.shared_prefix_ok(model, kv, W - 1, ids[:, -1], pos[:, -1], mask, last_logits):
         _steer_shared(handle, configs, todo, kv, ids, mask, pos, count_tokens, memory_budget, steered)
         return base, steered
     prefix = [(k[:, :, :W - 1], v[:, :, :W - 1]) for k, v in kv]
@@ -243,18 +243,6 @@ def count_logprobs_last(handle: ModelHandle, enc: Encoded, idx: list[int], count
                 raise
             torch.cuda.empty_cache()
             max_rows = max(1, max_rows // 2)
-
-
-_SHARED_OK: dict[int, bool] = {}
-
-
-def _shared_ok(model, kv, prefix, token, position, mask, logits) -> bool:
-    """Whether this model honours the shared-prefix 4D mask (checked once per model object)."""
-    key = id(model)
-    if key not in _SHARED_OK:
-        _SHARED_OK[key] = kvcache.shared_prefix_ok(model, [(k[:1, :, :prefix], v[:1, :, :prefix]) for k, v in kv],
-                                                   prefix, token, position, mask, logits)
-    return _SHARED_OK[key]
 
 
 def _steer_shared(handle, configs, todo, kv, ids, mask, pos, count_tokens, memory_budget, steered) -> None:
