@@ -401,10 +401,47 @@ def models(as_json: bool = JSON) -> None:
     from countlens.models.catalog import list_models
 
     rows = list_models()
-    human = "\n".join(f"{r['name']:<14} {'installed' if r['installed'] else 'not installed':<14} "
+    human = "\n".join(f"{r['name']:<19} {'installed' if r['installed'] else 'not installed':<14} "
                       f"{'cached' if r['cached'] else 'not cached':<11} {r['size_mb'] or 0:>7.1f} MB  "
-                      f"{r['path'] or r.get('install') or ''}\n{'':<14} {r['source']}" for r in rows)
+                      f"{r['path'] or r.get('install') or ''}\n{'':<19} {r['source']}" for r in rows)
     emit({"models": rows}, as_json, human)
+
+
+def _finetune_defaults():
+    from countlens.finetune import FinetuneConfig  # no torch at import: `countlens --version` stays fast
+
+    return FinetuneConfig()
+
+
+FT = _finetune_defaults()
+
+
+@app.command()
+def finetune(
+    out: Path = typer.Option(..., "--out", help="Folder for the adapter, learning curve and checkpoint."),
+    base: str = typer.Option("smollm2-135m", "--base", help="Model to fine-tune (a registered name or a folder)."),
+    seed: int = typer.Option(0, "--seed", help="Seeds the adapter's initialisation and every batch."),
+    steps: int = typer.Option(FT.steps, "--steps", help="Optimizer steps (stops early once held-out accuracy holds)."),
+    batch_size: int = typer.Option(FT.batch_size, "--batch-size", help="Fresh examples per step."),
+    lr: float = typer.Option(FT.lr, "--lr", help="Peak learning rate of the adapter (warmup, then cosine to 10 %)."),
+    rank: int = typer.Option(FT.rank, "--rank", help="LoRA rank (on every linear layer of every block)."),
+    loss_on: str = typer.Option(FT.loss_on, "--loss-on", help="answer: every answer token; digit: the count token."),
+    eval_n: int = typer.Option(FT.eval_n, "--eval-n", help="Held-out examples checked every --eval-every steps."),
+    eval_every: int = typer.Option(FT.eval_every, "--eval-every"),
+    threads: Optional[int] = typer.Option(None, "--threads", help="Torch threads."),
+    as_json: bool = JSON,
+) -> None:
+    """Fine-tune a LoRA adapter to count (resumes from OUT/checkpoint); `--model OUT/merged` then loads it."""
+    from countlens.finetune import FinetuneConfig, finetune as run_finetune, merge_into
+
+    check_model(base)
+    cfg = FinetuneConfig(base=base, seed=seed, steps=steps, batch_size=batch_size, lr=lr, rank=rank,
+                         loss_on=loss_on, eval_n=eval_n, eval_every=eval_every, threads=threads)
+    summary = run_finetune(cfg, out, log=log)
+    summary["merged"] = str(merge_into(out, log=log))
+    emit(summary, as_json, f"adapter in {out}/adapter: {summary['held_out_accuracy']:.1%} greedy on "
+                           f"{summary['held_out_n']} held-out examples after {summary['steps']} steps "
+                           f"({summary['train_seconds'] / 60:.1f} min); merged model: {summary['merged']}")
 
 
 @organism_app.command("train")

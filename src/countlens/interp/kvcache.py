@@ -58,7 +58,8 @@ def forward(model: Any, cache: Any | None = None, last_logits: bool = False, **k
     if cache is None and kwargs["use_cache"]:
         cache = full_cache()
     if cache is not None:
-        kwargs[_cache_kwarg(type(model))] = cache
+        inner = model.get_base_model() if hasattr(model, "get_base_model") else model  # a peft wrapper
+        kwargs[_cache_kwarg(type(inner))] = cache
     if last_logits:
         kwargs |= keep_logits(model)
     return model(**kwargs)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from countlens.models import gguf
-from countlens.models.registry import NAMED, named_gguf, organism_path
+from countlens.models.registry import ADAPTED, NAMED, named_gguf, organism_path
 
 
 def _size_mb(path) -> float:
@@ -28,4 +28,16 @@ def list_models() -> list[dict]:
                      "cached": cached, "size_mb": _size_mb(folder if cached else f) if f is not None else None,
                      "source": m.source, "gguf": str(f) if f is not None else None,
                      "install": None if f is not None else m.install})
+    for a in ADAPTED.values():
+        from countlens.models.adapters import MERGED_MARKER, merged_dir
+
+        f = named_gguf(NAMED[a.base])
+        base_folder = gguf.cache_dir_for(f) if f is not None else None
+        folder = merged_dir(base_folder, a.adapter_path, a.name) if base_folder is not None else None
+        cached = bool(folder and (folder / MERGED_MARKER).exists())
+        rows.append({"name": a.name, "installed": f is not None and a.adapter_path.exists(),
+                     "path": str(folder) if folder else None, "cached": cached,
+                     "size_mb": _size_mb(folder) if cached else _size_mb(a.adapter_path),
+                     "source": a.source, "base": a.base, "adapter": str(a.adapter_path),
+                     "install": None if f is not None else NAMED[a.base].install})
     return rows

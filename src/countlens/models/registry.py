@@ -44,12 +44,34 @@ NAMED: dict[str, NamedModel] = {
 }
 
 
+@dataclass(frozen=True)
+class AdaptedModel:
+    """A named base model with a LoRA adapter shipped in the package, merged once into a cached folder."""
+
+    name: str
+    base: str               # a key of NAMED
+    adapter: str            # folder inside countlens/models/
+    source: str
+
+    @property
+    def adapter_path(self) -> Path:
+        return Path(str(resources.files("countlens.models").joinpath(self.adapter)))
+
+
+ADAPTED: dict[str, AdaptedModel] = {
+    "smollm2-135m-count": AdaptedModel(
+        name="smollm2-135m-count", base="smollm2-135m", adapter="smollm2_count_adapter",
+        source="smollm2-135m fine-tuned here to count (LoRA adapter shipped with countlens, "
+               "`countlens finetune` reproduces it), merged into the dequantized base"),
+}
+
+
 def organism_path() -> Path:
     return Path(str(resources.files("countlens.models").joinpath("organism_weights")))
 
 
 def names() -> list[str]:
-    return ["organism", *NAMED]
+    return ["organism", *NAMED, *ADAPTED]
 
 
 def named_gguf(m: NamedModel) -> Path | None:
@@ -82,6 +104,16 @@ def check_named(m: NamedModel) -> Path:
     return f
 
 
+def check_adapted(a: AdaptedModel) -> AdaptedModel:
+    """The base is installed and the adapter shipped (peft installed to merge it), or one clear line."""
+    check_named(NAMED[a.base])
+    if not (a.adapter_path / "adapter_config.json").exists():
+        raise InputError(f"model '{a.name}': its adapter is missing from this install ({a.adapter_path})")
+    if importlib.util.find_spec("peft") is None:
+        raise InputError(f"model '{a.name}' needs peft to merge its adapter: pip install peft")
+    return a
+
+
 def looks_like_path(name: str) -> bool:
     return (name.startswith((".", "/", "~")) or os.sep in name and not _hub_like(name)
             or name.endswith(".gguf") or Path(name).expanduser().exists())
@@ -101,6 +133,11 @@ def resolve(name_or_path: str, *, log=None) -> str:
         return str(organism_path())
     if name_or_path in NAMED:
         return str(gguf.convert(check_named(NAMED[name_or_path]), log=log))
+    if name_or_path in ADAPTED:
+        from countlens.models.adapters import merge
+
+        a = check_adapted(ADAPTED[name_or_path])
+        return str(merge(resolve(a.base, log=log), a.adapter_path, a.name, log=log))
     name = name_or_path[3:] if name_or_path.startswith("hf:") else name_or_path
     f = gguf.find_gguf(name) if Path(name).expanduser().exists() else None
     if f is not None:
@@ -121,6 +158,9 @@ def preflight(name_or_path: str, *, hub_timeout: float = 4.0) -> None:
         return
     if name_or_path in NAMED:
         check_named(NAMED[name_or_path])
+        return
+    if name_or_path in ADAPTED:
+        check_adapted(ADAPTED[name_or_path])
         return
     name = name_or_path[3:] if name_or_path.startswith("hf:") else name_or_path
     p = Path(name).expanduser()
