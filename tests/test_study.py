@@ -98,6 +98,23 @@ def test_config_errors_name_the_field(tmp_path):
     assert not (tmp_path / "x").exists()
 
 
+@pytest.mark.parametrize("text, line, field", [
+    ("data:\n  n: 100\npach:\n  sites: [resid]\n", 3, "pach"),            # top-level typo, a mapping under it
+    ("data:\n  n: 100\nmodle: organism\n", 3, "modle"),                    # top-level typo, a scalar
+    ("data:\n  n: 100\n  sed: 3\n", 3, "data.sed"),                       # nested typo
+    ("patch:\n  sites:\n    - resid\n    - nope\n", 4, "patch.sites.1"),  # the bad list element
+])
+def test_config_typos_name_their_own_line(tmp_path, text, line, field):
+    from countlens.errors import InputError
+
+    bad = tmp_path / "bad_top.yaml"
+    bad.write_text(text)
+    with pytest.raises(InputError) as e:
+        build_config(bad)
+    assert e.value.line == line and e.value.field == field
+    assert f"bad_top.yaml:{line}:" in str(e.value)
+
+
 def test_study_on_a_folder_without_chat_template_and_a_custom_template(tmp_path, tiny_models):
     """Any HF folder: raw prompts (no chat template) and a user template file, end to end."""
     folder = tmp_path / "model"

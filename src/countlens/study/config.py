@@ -248,23 +248,30 @@ def _paths(d: dict, prefix: str = "") -> set[str]:
 
 
 def _line_of(file, loc) -> int | None:
-    """The line of a (possibly nested) key in a YAML file, for error messages."""
+    """The line of a (possibly nested) key in a YAML file, for error messages.
+
+    The line of the deepest part of `loc` found: the key itself (not the mapping under it, which
+    starts a line later), or the list element an index points at.
+    """
     try:
         node = yaml.compose(Path(file).read_text())
     except Exception:  # noqa: BLE001
         return None
+    if node is None:
+        return None
+    line = node.start_mark.line + 1
     for key in loc:
+        if isinstance(node, yaml.SequenceNode) and isinstance(key, int) and 0 <= key < len(node.value):
+            node = node.value[key]
+            line = node.start_mark.line + 1
+            continue
         if not isinstance(node, yaml.MappingNode):
             break
-        for k, v in node.value:
-            if k.value == str(key):
-                if not isinstance(v, yaml.MappingNode):
-                    return k.start_mark.line + 1
-                node = v
-                break
-        else:
+        match = next(((k, v) for k, v in node.value if k.value == str(key)), None)
+        if match is None:
             break
-    return node.start_mark.line + 1 if node is not None else None
+        line, node = match[0].start_mark.line + 1, match[1]
+    return line
 
 
 def to_yaml(cfg: StudyConfig) -> str:
