@@ -257,7 +257,8 @@ def probe(
     n: Optional[int] = typer.Option(None, "--n", help="First N examples only."),
     c: float = typer.Option(1.0, "--C", help="Logistic regression inverse penalty."),
     alpha: Optional[float] = typer.Option(None, "--alpha", help="Ridge penalty (default: n_features)."),
-    n_boot: int = typer.Option(1000, "--n-boot", help="Bootstrap resamples for the CIs."),
+    n_boot: int = typer.Option(1000, "--n-boot", help="Bootstrap resamples for the selectivity and R2 CIs "
+                               "(accuracies use Wilson intervals)."),
     seed: int = typer.Option(0, "--seed"),
     n_jobs: Optional[int] = typer.Option(None, "--n-jobs", help="Parallel workers over layers (default: CPUs)."),
     batch_size: int = typer.Option(16, "--batch-size", help="When collecting."),
@@ -281,31 +282,55 @@ def probe(
                      sites=sites, positions=positions, controls=[x for x in controls.split(",") if x], n=n, C=c,
                      alpha=alpha, n_boot=n_boot, seed=seed, n_jobs=n_jobs, figures=not no_figures, **collect)
     s = res.summary
-    f = lambda v: "  -  " if v is None else f"{v:.3f}"  # noqa: E731
-    lines = [f"probes on {s['n_examples']} examples ({s['site']}, last position, split {s['split']}, "
-             f"{s['folds']} folds); 95% CIs over examples",
-             "layer   accuracy [CI]           control  selectivity  R2"]
-    for r in s["per_layer"]:
-        lines.append(f"{str(r['layer']):<7} {f(r['accuracy'])} [{f(r['ci_low'])}, {f(r['ci_high'])}]  "
-                     f"{f(r['control_accuracy'])}    {f(r['selectivity'])}        {f(r['r2'])}")
-    if s.get("majority"):
-        lines.append(f"majority class {f(s['majority']['accuracy'])}")
-    if s.get("input_baseline"):
-        lines.append(f"input only (bag of words) {f(s['input_baseline']['accuracy'])} "
-                     f"[{f(s['input_baseline']['ci_low'])}, {f(s['input_baseline']['ci_high'])}]")
-    if s.get("best_layer"):
-        b = s["best_layer"]
-        lines.append(f"best layer {b['layer']}: accuracy {f(b['accuracy'])}, selectivity {f(b['selectivity'])}, "
-                     f"R2 {f(b['r2'])}")
+    human = probe_table(s)
     if s.get("running_count"):
         rc = s["running_count"]
         best_by_word = [max((row[i] for row in rc["accuracy"] if row[i] is not None), default=None)
                         for i in range(len(rc["items"]))]
-        lines.append("running count, best accuracy over layers by word: "
-                     + " ".join(f(v) for v in best_by_word))
-    lines.append(f"wrote {out}/summary.json, probes.parquet, predictions.parquet, directions/"
+        human.append("running count, best accuracy over layers by word: "
+                     + " ".join(_pct(v) for v in best_by_word))
+    human.append(f"wrote {out}/summary.json, probes.parquet, predictions.parquet, directions/"
                  + ("" if no_figures else ", probe_*.png"))
-    emit(s, as_json, "\n".join(lines))
+    emit(s, as_json, "\n".join(human))
+
+
+def _unsigned_zero(text: str) -> str:
+    """'-0.0' -> '0.0' (a rounded zero has no sign)."""
+    return text.replace("-", "", 1) if text.lstrip("+-").strip("0.") == "" else text
+
+
+def _pct(v: float | None) -> str:
+    return "-" if v is None else _unsigned_zero(f"{100 * v:.1f}") + "%"
+
+
+def probe_table(s: dict) -> list[str]:
+    """The probe summary as aligned text lines, in percent like the report."""
+    def ci(v, lo, hi) -> str:
+        return "-" if v is None else f"{_pct(v)} [{_pct(lo)}, {_pct(hi)}]"
+
+    def pts(v) -> str:
+        return "-" if v is None else _unsigned_zero(f"{100 * v:+.1f}").replace("+0.0", "0.0") + " pts"
+
+    head = ("layer", "accuracy [Wilson 95%]", "control", "selectivity", "R2")
+    rows = [(str(r["layer"]), ci(r["accuracy"], r["ci_low"], r["ci_high"]), _pct(r["control_accuracy"]),
+             pts(r["selectivity"]), "-" if r["r2"] is None else f"{r['r2']:.3f}") for r in s["per_layer"]]
+    widths = [max(len(x[i]) for x in (head, *rows)) for i in range(len(head))]
+    fmt = lambda row: "  ".join(c.ljust(w) if i == 0 else c.rjust(w)  # noqa: E731
+                                for i, (c, w) in enumerate(zip(row, widths))).rstrip()
+    lines = [f"probes on {s['n_examples']} examples ({s['site']}, last position, split {s['split']}, "
+             f"{s['folds']} folds); accuracy intervals: Wilson 95 % score intervals over examples "
+             "(selectivity and R2: bootstrap 95 % in summary.json)",
+             fmt(head), *map(fmt, rows)]
+    if s.get("majority"):
+        lines.append(f"majority class {_pct(s['majority']['accuracy'])}")
+    if s.get("input_baseline"):
+        ib = s["input_baseline"]
+        lines.append(f"input only (bag of words) {ci(ib['accuracy'], ib['ci_low'], ib['ci_high'])}")
+    if s.get("best_layer"):
+        b = s["best_layer"]
+        lines.append(f"best layer {b['layer']}: accuracy {ci(b['accuracy'], b['ci_low'], b['ci_high'])}, "
+                     f"selectivity {pts(b['selectivity'])}, R2 {'-' if b['r2'] is None else format(b['r2'], '.3f')}")
+    return lines
 
 
 @app.command()

@@ -4,8 +4,10 @@ Everything a number needs to be judged travels with it: per fold the features ar
 standardised on the training rows only, then the same classifier is fitted on the count, on
 the Hewitt & Liang control labels and on shuffled labels; ridge regression gives R^2 and a
 difference-of-means direction is scored as a one-dimensional nearest-class-mean probe.
-Out-of-fold predictions are pooled and 95 % CIs come from a bootstrap over examples (paired
-across probes, so selectivity = accuracy - control accuracy has its own CI).
+Out-of-fold predictions are pooled. Accuracies (proportions) get Wilson 95 % score intervals,
+which stay honest at 0 % and 100 % (a bootstrap of 0/1 hits collapses to a point there); R^2
+and selectivity = accuracy - control accuracy (a paired mean of differences) get a bootstrap
+over examples.
 """
 
 from __future__ import annotations
@@ -141,6 +143,17 @@ def bootstrap_index(n: int, n_boot: int, seed: int, key: int) -> np.ndarray:
     return np.random.default_rng([seed, key, n]).integers(0, n, size=(n_boot, n), dtype=np.int32)
 
 
+def proportion_ci(hits: np.ndarray) -> Metric:
+    """Accuracy of 0/1 hits with its Wilson 95 % interval."""
+    from countlens.stats import wilson_ci
+
+    h = np.asarray(hits, dtype=bool)
+    if h.size == 0:
+        return float("nan"), float("nan"), float("nan")
+    lo, hi = wilson_ci(int(h.sum()), int(h.size))
+    return float(h.mean()), lo, hi
+
+
 def mean_ci(values: np.ndarray, idx: np.ndarray) -> Metric:
     v = values.astype(np.float64)
     boots = v[idx].mean(1)
@@ -204,7 +217,7 @@ def fit_cell(x: np.ndarray, cell: Cell, cfg: FitConfig, probes: tuple[str, ...] 
     idx = bootstrap_index(int(tested.sum()), cfg.n_boot, cfg.seed, cell.key)
     truth = {"control": yc, "control_majority": yc, "shuffled": cell.y_shuffled[tested]}
     hit = {k: v[tested] == truth.get(k, y) for k, v in pred.items()}
-    m: dict[str, Metric] = {f"{k}_accuracy": mean_ci(h, idx) for k, h in hit.items()}
+    m: dict[str, Metric] = {f"{k}_accuracy": proportion_ci(h) for k, h in hit.items()}
     m["ridge_r2"] = r2_ci(y, ridge_pred[tested], idx)
     if "control" in hit:
         m["selectivity"] = mean_ci(hit["logistic"].astype(float) - hit["control"], idx)

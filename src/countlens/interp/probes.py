@@ -33,6 +33,7 @@ from countlens.interp.directions import Directions, write_layout
 from countlens.interp.probe_fit import Cell, CellFit, FitConfig, fit_cell, mean_slope
 from countlens.interp.store import ActStore, layer_key, parse_site_name, write_parquet
 from countlens.io import write_json
+from countlens.stats import interval_label
 
 SPLITS = ("random", "category", "length")
 CONTROLS = ("majority", "control", "shuffled", "input")
@@ -420,7 +421,8 @@ def run_probes(acts: str | Path | None = None, *, model: Any = None, data: str |
                        out=Path(out) if out else None)
     meta = {"acts": str(store.root), "model": store.meta.get("model"), "n_examples": int(len(examples)),
             "split": split, "folds": folds, "test_size": test_size if folds < 2 else None, "seed": seed,
-            "n_boot": n_boot, "C": C, "alpha": alpha if alpha is not None else "n_features",
+            "n_boot": n_boot, "interval": f"{interval_label()} (accuracies); bootstrap 95% over examples "
+                                          "(selectivity, R2)", "C": C, "alpha": alpha if alpha is not None else "n_features",
             "controls": list(controls), "positions": pos, "site": main,
             "classes": sorted(int(k) for k in np.unique(examples["answer"])),
             "control_rate": control_rate if control_rate is not None else "match rate of the data"}

@@ -36,7 +36,7 @@ from countlens.errors import InputError
 from countlens.interp import kvcache
 from countlens.interp.sites import Site, capture, hook
 from countlens.models.handle import ModelHandle, keep_logits, pad_left
-from countlens.stats import bootstrap_ci
+from countlens.stats import interval_label, wilson_ci
 
 VECTORS = ("mean-diff", "one-more", "probe", "random")
 DEFAULT_SCALES = (-2.0, -1.0, -0.5, 0.0, 0.5, 1.0, 1.5, 2.0, 2.5, 3.0, 4.0)
@@ -493,18 +493,28 @@ def _sweep_fast(handle, test, chunks, count_tokens, settings, per_ex, memory_bud
     return base_lp, lps
 
 
+def _rate_ci(success: pd.Series) -> tuple[float, float]:
+    """Wilson 95 % interval of a success rate (0/1 flags): honest at 0 % and 100 %."""
+    flags = success.dropna().to_numpy()
+    return wilson_ci(int(flags.sum()), int(flags.size))
+
+
 def _best(t: pd.DataFrame, layers: list[str]) -> dict | None:
     s = t[t.layer.isin(layers) & (t.scale > 0)].groupby(["layer", "scale"]).success.mean()
     if s.empty:
         return None
     (layer, scale), rate = s.idxmax(), float(s.max())
-    return {"layer": "emb" if layer == "emb" else int(layer), "scale": float(scale), "success_rate": rate}
+    cur = t[(t.layer == layer) & (t.scale == scale)].success
+    lo, hi = _rate_ci(cur)
+    return {"layer": "emb" if layer == "emb" else int(layer), "scale": float(scale), "success_rate": rate,
+            "ci_low": lo, "ci_high": hi, "n": int(cur.notna().sum())}
 
 
 def summarize(table: pd.DataFrame, layers: list, n_layers: int, opts: SteerOptions, K: int):
     last = str(n_layers - 1)
     before = [str(x) for x in layers if str(x) != last]
-    out: dict[str, Any] = {"positions": opts.positions, "scales": list(opts.scales)}
+    out: dict[str, Any] = {"positions": opts.positions, "scales": list(opts.scales),
+                           "interval": f"{interval_label()} (success rates)"}
     transitions: dict[str, list[list[int]]] = {}
     for kind in opts.vectors:
         if kind == "random":
@@ -516,9 +526,9 @@ def summarize(table: pd.DataFrame, layers: list, n_layers: int, opts: SteerOptio
             sel = (table.layer == str(best["layer"])) & (table.scale == best["scale"])
             ctrl = table[sel & (table.vector == "random")]
             cur = t[(t.layer == str(best["layer"])) & (t.scale == best["scale"])]
-            m, lo, hi = bootstrap_ci(cur.success.to_numpy(), opts.n_boot, opts.seed)
-            best |= {"ci_low": lo, "ci_high": hi,
-                     "control_success_rate": float(ctrl.success.mean()) if len(ctrl) else None,
+            c_lo, c_hi = _rate_ci(ctrl.success) if len(ctrl) else (None, None)
+            best |= {"control_success_rate": float(ctrl.success.mean()) if len(ctrl) else None,
+                     "control_ci_low": c_lo, "control_ci_high": c_hi,
                      "mean_shift": float(cur["shift"].mean()),
                      "wrong_way": float((cur["shift"] * np.sign(best["scale"]) < 0).mean()),
                      "by_n": {str(n): float(g.success.mean()) for n, g in cur.groupby("n")}}

@@ -18,7 +18,7 @@ def _layer_labels(layers: list[Any]) -> list[str]:
 
 
 def accuracy_by_layer(results: Any, path: str | Path) -> Path:
-    """Probe accuracy (95 % CI) per layer at the last position beside the control task band,
+    """Probe accuracy (Wilson 95 % interval) per layer at the last position beside the control task band,
     shuffled labels, the majority class and the input-only bag of words; R^2 in a second panel."""
     s = results.summary
     rows = s["per_layer"]
@@ -26,7 +26,7 @@ def accuracy_by_layer(results: Any, path: str | Path) -> Path:
     g = lambda k: np.array([np.nan if r.get(k) is None else r[k] for r in rows], dtype=float)  # noqa: E731
     fig, (ax, ax2) = plt.subplots(1, 2, figsize=(11, 3.8), gridspec_kw={"width_ratios": [3, 2]})
     ax.plot(x, g("accuracy"), "o-", color="tab:blue", label="linear probe (count)")
-    ax.fill_between(x, g("ci_low"), g("ci_high"), color="tab:blue", alpha=0.2)
+    ax.fill_between(x, g("ci_low"), g("ci_high"), color="tab:blue", alpha=0.2, label="Wilson 95 % interval")
     w = results.per_layer(s["site"])
     if "control_accuracy" in w:
         ax.plot(x, w["control_accuracy"], "s--", color="tab:red", label="control task (Hewitt & Liang)")
