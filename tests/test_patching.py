@@ -156,3 +156,40 @@ def test_named_positions_patch_each_pair_at_its_own_words(tmp_path, tiny_models)
         assert got == want
         # the last list word is a list word: the token right after it is the template's, not a word
         assert enc.start[i] <= enc.end[i] < enc.last_item[i] or enc.end[i] == enc.last_item[i]
+
+
+def test_position_heatmap_is_labelled_with_an_example_prompts_tokens(tmp_path, monkeypatch):
+    """The x axis of a layer x position heatmap names the tokens, and the changed word is marked."""
+    import countlens.report.patch_figures as pf
+
+    data = tmp_path / "d.jsonl"
+    generate_dataset(data, 100, seed=3)
+    build_pairs(data, "organism", 4, tmp_path / "p.jsonl")
+    pairs = load_pairs(tmp_path / "p.jsonl")
+    res = run_patching(load("organism", device="cpu"), pairs,
+                       PatchOptions(sites=("resid",), positions="all", filter="none", generate=False))
+    ex = res.summary["example"]
+    pair = next(p for p in pairs if p["id"] == ex["pair"])
+    assert ex["tokens"][ex["changed"][0]].strip() == pair["low_word"]  # the changed word's first token
+    labels = {}
+
+    def keep_labels(fig, path):
+        ax = fig.axes[0]
+        labels[Path(path).name] = [(t.get_text(), t.get_color()) for t in ax.get_xticklabels()]
+        return Path(path)
+
+    from pathlib import Path
+
+    monkeypatch.setattr(pf, "save", keep_labels)
+    res.plot(tmp_path)
+    ticks = labels["patch_heatmap_resid.png"]
+    texts = [t for t, _ in ticks]
+    assert f"{pair['low_word']} {ex['changed'][0]}" in texts       # "papaya -48": token and offset
+    assert "( -1" in texts                                          # the answer position
+    red = [t for t, c in ticks if c == "tab:red"]
+    assert red and red[0].startswith(pair["low_word"])
+    assert len(texts) == len(set(res.table.position))               # every position labelled
+    # named positions: columns are the names, with the example's token under each
+    got, changed = pf.position_labels(["changed", "last_item", "answer"], ex, named=True)
+    assert got[0] == f"changed word\n{pair['low_word']}" and changed == {0}
+    assert got[1] == f"last list word\n{pair['low']['word_list'][-1]}" and got[2] == "answer position\n("

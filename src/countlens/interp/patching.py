@@ -691,10 +691,14 @@ def _direction_summary(table: pd.DataFrame, pair_ld: pd.DataFrame, direction: st
             by_n.setdefault(str(n), []).append({"layer": entry["layer"], "mean": float(g.value.mean()),
                                                 "pairs": int(len(g))})
     gen = table[table.metric.str.startswith("gen_") & (table.site == "resid") & (table.direction == direction)]
-    generate = [{"layer": "emb" if layer == "emb" else int(layer),
+    generate = []
+    for layer in (sorted(gen.layer.unique(), key=_layer_key) if len(gen) else []):
+        entry = {"layer": "emb" if layer == "emb" else int(layer),
                  **{m: float(gen[(gen.layer == layer) & (gen.metric == m)].value.mean())
                     for m in ("gen_changed", "gen_exact_match", "gen_abs_shift")}}
-                for layer in sorted(gen.layer.unique(), key=_layer_key)] if len(gen) else []
+        gem = gen[(gen.layer == layer) & (gen.metric == "gen_exact_match")].value.dropna().to_numpy()
+        entry["gen_exact_match_ci_low"], entry["gen_exact_match_ci_high"] = wilson_ci(int(gem.sum()), len(gem))
+        generate.append(entry)
     g = gaps.ld_source - gaps.ld_base
     return {"per_layer": per_layer, "by_n": by_n, "generate": generate,
             "informative_pairs": len(informative), "ld_gap_threshold": MIN_LD_GAP,
@@ -713,7 +717,8 @@ def summarize(table: pd.DataFrame, opts: PatchOptions, stats: dict, pair_ld: pd.
     direction = "denoise" if "denoise" in opts.directions else opts.directions[0]
     return {**by_direction[direction], "direction": direction, "by_direction": by_direction,
             "method": opts.method, "sites": list(opts.sites), "positions": opts.positions,
-            "directions": list(opts.directions), "interval": "bootstrap 95% (means); wilson 95% (exact match)",
+            "directions": list(opts.directions),
+            "interval": "bootstrap 95% (means of effects); wilson 95% (exact-match rates)",
             **stats}
 
 
@@ -782,7 +787,23 @@ def run_patching(handle: ModelHandle, pairs: list[dict], opts: PatchOptions | No
     table = pd.concat(frames, ignore_index=True)
     stats["_ratio_of_means"] = ratio
     pair_ld = pd.DataFrame(ld_rows, columns=["pair", "direction", "ld_base", "ld_source"])
+    stats["example"] = example_tokens(handle, kept)
     return PatchResult(table=table, summary=summarize(table, opts, stats, pair_ld), options=opts)
+
+
+def example_tokens(handle: ModelHandle, enc: EncodedPairs) -> dict | None:
+    """One pair's low prompt as tokens, to label positions (offsets from the end) in the figures.
+
+    The pair reaching furthest back from the end to its changed word, so every offset of an
+    `all` heatmap has a token; `named` gives each named position's offset in that prompt.
+    """
+    if not enc.ids:
+        return None
+    i = max(range(len(enc.ids)), key=lambda j: (len(enc.low[j]) - enc.start[j], -j))
+    n = len(enc.low[i])
+    return {"pair": enc.ids[i], "tokens": [handle.tokenizer.decode([t]) for t in enc.low[i]],
+            "changed": [enc.start[i] - n, enc.end[i] - n],
+            "named": {name: t - n for name, t in enc.named_positions(i).items()}}
 
 
 def _ratio_sums(sums: dict, configs, W: int, positions: list[int], cb, cs, patched) -> None:

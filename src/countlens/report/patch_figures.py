@@ -14,6 +14,42 @@ def _layer_order(layers) -> list[str]:
     return sorted(set(layers), key=lambda s: -1 if s == "emb" else int(s))
 
 
+NAMED_ORDER = ["changed", "last_item", "answer"]
+NAMED_LABELS = {"changed": "changed word", "last_item": "last list word", "answer": "answer position"}
+
+
+def _show(text: str) -> str:
+    shown = text.replace("\n", "\\n").replace("\t", "\\t").strip() or repr(text)
+    return shown.replace("$", r"\$")  # no mathtext in tick labels
+
+
+def position_labels(columns: list, example: dict, named: bool = False) -> tuple[list[str], set[int]]:
+    """x tick labels of a position heatmap and the column indices of the changed word.
+
+    Offsets from the end are labelled with the example prompt's token there ("apple -12");
+    named positions with their name (and the example's token at it).
+    """
+    tokens = example.get("tokens") or []
+    if named:
+        labels = []
+        for c in columns:
+            off = (example.get("named") or {}).get(c)
+            tok = f"\n{_show(tokens[off])}" if off is not None and tokens and -off <= len(tokens) else ""
+            labels.append(NAMED_LABELS.get(c, str(c)) + tok)
+        return labels, {i for i, c in enumerate(columns) if c == "changed"}
+    lo, hi = (example.get("changed") or [None, None])[:2]
+    labels, changed = [], set()
+    for i, c in enumerate(columns):
+        off = int(c)
+        if tokens and -off <= len(tokens):
+            labels.append(f"{_show(tokens[off])} {off}")
+        else:
+            labels.append(str(off))
+        if lo is not None and lo <= off <= hi:
+            changed.add(i)
+    return labels, changed
+
+
 def patch_figures(table: pd.DataFrame, summary: dict, out_dir: str | Path) -> list[Path]:
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -37,18 +73,33 @@ def patch_figures(table: pd.DataFrame, summary: dict, out_dir: str | Path) -> li
         ax.legend(fontsize=8)
         paths.append(save(fig, out_dir / "patch_per_layer.png"))
     # layer x position heatmap per site
+    example = summary.get("example") or {}
     for site in [s for s in ("resid", "attn", "mlp") if s in set(t.site)]:
         ts = t[t.site == site]
-        if ts.position.nunique() < 2:
+        named = (ts.position_name != "").all() and ts.position_name.nunique() > 1 if "position_name" in ts else False
+        key = "position_name" if named else "position"
+        if ts[key].nunique() < 2:
             continue
-        grid = ts.groupby(["layer", "position"]).value.mean().unstack("position")
+        grid = ts.groupby(["layer", key]).value.mean().unstack(key)
         grid = grid.reindex(_layer_order(grid.index))
-        fig, ax = plt.subplots(figsize=(min(14, 2 + 0.18 * grid.shape[1]), 1 + 0.4 * grid.shape[0]))
+        if named:
+            grid = grid[sorted(grid.columns, key=lambda c: NAMED_ORDER.index(c) if c in NAMED_ORDER else 99)]
+        labels, changed = position_labels(list(grid.columns), example, named)
+        fig, ax = plt.subplots(figsize=(min(16, 2.5 + 0.22 * grid.shape[1]), 1.6 + 0.4 * grid.shape[0]))
         im = ax.imshow(grid.to_numpy(), aspect="auto", cmap="RdBu_r", vmin=-1, vmax=1)
         ax.set_yticks(range(grid.shape[0]), grid.index)
-        step = max(1, grid.shape[1] // 20)
-        ax.set_xticks(range(0, grid.shape[1], step), [str(c) for c in grid.columns[::step]])
-        ax.set_xlabel("position (offset from the answer position; -1 = last)")
+        step = 1 if grid.shape[1] <= 80 else grid.shape[1] // 60 + 1
+        ticks = list(range(0, grid.shape[1], step))
+        ax.set_xticks(ticks, [labels[i] for i in ticks], rotation=0 if named else 90,
+                      fontsize=8 if named else 7)
+        for tick, i in zip(ax.get_xticklabels(), ticks):
+            if i in changed:
+                tick.set_color("tab:red")
+                tick.set_fontweight("bold")
+        ax.set_xlabel("named position (each pair at its own token)" if named else
+                      f"position: token of pair {example.get('pair')}'s base prompt and its offset from the end "
+                      "(-1 = the answer position; red = the changed word)" if example.get("tokens") else
+                      "position (offset from the answer position; -1 = last)")
         ax.set_ylabel("layer")
         ax.set_title(f"{site}: normalised effect by layer x position ({direction})")
         fig.colorbar(im, ax=ax, shrink=0.8)
