@@ -421,6 +421,22 @@ def run(
 
 
 @app.command()
+def compare(
+    runs: list[Path] = typer.Argument(..., help="Study folders written by `countlens run --out`."),
+    out: Path = typer.Option(..., "--out", help="Folder for compare.md, compare.png and compare.json."),
+    label: Optional[list[str]] = typer.Option(None, "--label", help="A name per study folder, in order."),
+    as_json: bool = JSON,
+) -> None:
+    """Finished studies side by side (benchmark, patching, probes, steering over depth); loads no model."""
+    from countlens.report.compare import compare as run_compare, load_run
+
+    for r in runs:  # every folder is checked before anything is written
+        load_run(r)
+    summary = run_compare(runs, out, label)
+    emit(summary, as_json, f"{out}/compare.md and {out}/compare.png\n" + (out / "compare.md").read_text())
+
+
+@app.command()
 def models(as_json: bool = JSON) -> None:
     """The named models: installed or not, converted (cached) or not, size, and the folder load() uses."""
     from countlens.models.catalog import list_models

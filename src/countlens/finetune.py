@@ -241,6 +241,7 @@ def _save_checkpoint(out: Path, model, opt, sched, step: int, curve: Curve, cfg:
                     "good_checks": good_checks, "rng": torch.get_rng_state()}, tmp / "state.pt")
         (tmp / "curve.json").write_text(json.dumps(asdict(curve)))
         (tmp / "config.json").write_text(json.dumps(asdict(cfg), indent=1))
+        os.chmod(tmp, 0o755)  # mkdtemp makes it 0700
         old = out / "checkpoint"
         if old.exists():
             old.rename(out / ".checkpoint.old")
@@ -256,7 +257,8 @@ def _resumable(out: Path, cfg: FinetuneConfig) -> bool:
     if not ck.exists():
         return False
     saved = json.loads(ck.read_text())
-    differ = [k for k, v in asdict(cfg).items() if k not in ("threads",) and saved.get(k) != v
+    free = ("threads", "eval_every", "checkpoint_every")  # change when checks happen, not what is trained
+    differ = [k for k, v in asdict(cfg).items() if k not in free and saved.get(k) != v
               and not (isinstance(v, tuple) and list(v) == saved.get(k))]
     if differ:
         raise InputError(f"{out}/checkpoint was made with a different recipe ({', '.join(differ)}); "

@@ -56,8 +56,12 @@ def build_merged(base_folder: Path, adapter: Path, out: Path, *, log=None) -> Pa
     try:
         merged.save_pretrained(tmp)
         tok.save_pretrained(tmp)
-        if (adapter / "countlens.json").exists():
+        if (adapter / "countlens.json").exists():  # the native template and how the adapter was made
             shutil.copy(adapter / "countlens.json", tmp / "countlens.json")
+        from countlens.models.gguf import MARKER
+
+        if (base_folder / MARKER).exists():  # the weights still carry the base GGUF's quantization error
+            shutil.copy(base_folder / MARKER, tmp / MARKER)
         (tmp / MERGED_MARKER).write_text(json.dumps({"base": str(base_folder), "adapter": str(adapter)}, indent=1))
         os.chmod(tmp, 0o755)
         if out.exists():  # a rerun of `countlens finetune` replaces its own merged folder, nothing else

@@ -39,6 +39,7 @@ def describe_model(handle: Any, template: Any, row: dict) -> dict:
         "default_system_prompt": prompts.default_system_prompt(tok) if handle.prompt_format == "chat" else None,
         "template": template.name, "answer_prefix": template.answer_prefix,
         "gguf": handle.info.get("gguf"),
+        "finetune": handle.info.get("finetune"),
         "example": {"answer": pr.answer, "text": handle.format(template.render(pr.category, pr.words))
                     + template.answer_prefix, "tokens": tokens},
     }
