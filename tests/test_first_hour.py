@@ -74,3 +74,54 @@ def test_n_larger_than_available_warns_with_the_reason(tmp_path):
     p = run_cli("steer", "--data", str(tmp_path / "d.jsonl"), "--n", "100000", "--out", str(tmp_path / "s"),
                 "--layers", "2", "--scales", "0,1", "--no-generate")
     assert "warning: --n 100000 asked" in p.stderr and "only 60 rows" in p.stderr
+
+
+def test_n_clamped_warns_for_bench_acts_and_probe(tmp_path):
+    """bench, acts and probe say on stderr when --n asks for more than there is, and run on what there is."""
+    import json
+
+    data = tmp_path / "d.jsonl"
+    run_cli("data", "generate", "--n", "40", "--out", str(data), check=True)
+    p = run_cli("bench", "--model", "organism", "--data", str(data), "--n", "500", "--mode", "score",
+                "--out", str(tmp_path / "b"), "--no-figures", "--json", check=True)
+    assert json.loads(p.stdout)["config"]["n"] == 40
+    assert f"warning: --n 500 asked, but {data} holds only 40 rows; running on 40" in p.stderr
+    p = run_cli("acts", "--model", "organism", "--data", str(data), "--n", "90", "--positions", "last",
+                "--out", str(tmp_path / "a"), "--json", check=True)
+    assert json.loads(p.stdout)["n_examples"] == 40
+    assert f"warning: --n 90 asked, but {data} holds only 40 rows; running on 40" in p.stderr
+    p = run_cli("probe", "--acts", str(tmp_path / "a"), "--n", "70", "--folds", "2", "--controls", "majority",
+                "--out", str(tmp_path / "p"), "--no-figures", "--json", check=True)
+    assert json.loads(p.stdout)["n_examples"] == 40
+    assert f"warning: --n 70 asked, but {tmp_path / 'a'} holds only 40 examples; running on 40" in p.stderr
+    # asking for no more than there is: no warning
+    p = run_cli("acts", "--model", "organism", "--data", str(data), "--n", "40", "--positions", "last",
+                "--out", str(tmp_path / "a"), "--json", check=True)
+    assert "warning" not in p.stderr
+
+
+@pytest.mark.parametrize("command, counts", [
+    (["bench"], "first N rows of --data, in file order"),
+    (["acts"], "first N rows of --data, in file order"),
+    (["probe"], "first N examples"),
+    (["steer"], "first N rows of --data, in file order"),
+    (["patch"], "first N pairs of the pairs file"),
+    (["data", "pairs"], "Pairs to build"),
+    (["data", "validate"], "first N rows, in file order"),
+    (["data", "generate"], "Number of rows to generate"),
+])
+def test_every_n_says_what_it_counts(command, counts):
+    import re
+
+    p = run_cli(*command, "--help", check=True)
+    text = re.sub(r"[\s│|]+", " ", p.stdout)   # rich wraps the help in a box
+    assert "--n" in text and counts in text, text
+
+
+def test_steer_help_shows_its_default_scales():
+    import re
+
+    from countlens.interp.steering import DEFAULT_SCALES
+
+    text = re.sub(r"[\s│|]+", "", run_cli("steer", "--help", check=True).stdout)   # no spaces, no box
+    assert "default:" + ",".join(f"{x:g}" for x in DEFAULT_SCALES) + ";" in text

@@ -1,7 +1,9 @@
 """Command line: argument parsing and display only; the work happens in the library.
 
 Conventions: `--json` prints exactly one JSON object (the summary) on stdout; progress and
-logs go to stderr; `--n N` is the first N rows in file order; bad input exits 2 with one line.
+logs go to stderr; `--n N` is the first N of what a command reads (rows, pairs or examples, in
+file order; each --help says which), and fewer than asked is a warning on stderr with the
+reason; bad input exits 2 with one line.
 """
 
 from __future__ import annotations
@@ -53,8 +55,18 @@ def log(msg: str) -> None:
 
 def warn_short(asked: int | None, got: int, what: str, source: Any) -> None:
     """--n asked for more than the file holds: say so on stderr (the command still runs on what there is)."""
-    if asked is not None and got < asked:
-        log(f"warning: --n {asked} asked, but {source} holds only {got} {what}; running on {got}")
+    from countlens.io import short_warning
+
+    message = short_warning(asked, got, what, source)
+    if message:
+        log(message)
+
+
+def count_rows(path: Path, n: int | None) -> int:
+    """Rows of a JSONL file, up to `n` (stops reading there)."""
+    from countlens.io import read_jsonl
+
+    return sum(1 for _ in read_jsonl(path, n))
 
 
 def check_model(model: str | None) -> None:
@@ -82,7 +94,7 @@ def lexicon(name: str = typer.Option("clean-v1", "--lexicon", help="Built-in nam
 
 @data_app.command("generate")
 def data_generate(
-    n: int = typer.Option(1000, "--n", help="Number of rows."),
+    n: int = typer.Option(1000, "--n", help="Number of rows to generate."),
     seed: int = typer.Option(0, "--seed"),
     out: Path = typer.Option(..., "--out", help="Output JSONL."),
     template: str = typer.Option("seed-v1", "--template", help="Built-in name or YAML/JSON file."),
@@ -108,7 +120,7 @@ def data_generate(
 def data_validate(
     file: Path = typer.Argument(..., help="JSONL dataset (ours or the original study's)."),
     lexicon: str = typer.Option("clean-v1", "--lexicon", help="Built-in name or YAML/JSON file."),
-    n: Optional[int] = typer.Option(None, "--n", help="First N rows only."),
+    n: Optional[int] = typer.Option(None, "--n", help="Audit the first N rows, in file order (default: all)."),
     fix: Optional[Path] = typer.Option(None, "--fix", help="Write a relabelled copy here."),
     as_json: bool = JSON,
 ) -> None:
@@ -213,7 +225,8 @@ def acts(
     sites: str = typer.Option("resid", "--sites", help="Comma list of resid,attn,mlp,head (or resid.3)."),
     positions: str = typer.Option("last,items", "--positions", help="Comma list of last,items,prefix."),
     layers: Optional[str] = typer.Option(None, "--layers", help="Comma list, e.g. emb,0,5 (default: all)."),
-    n: Optional[int] = typer.Option(None, "--n", help="First N rows only."),
+    n: Optional[int] = typer.Option(None, "--n", help="Capture the first N rows of --data, in file order (default: "
+                                                       "all; fewer, with a warning, if the file holds fewer)."),
     batch_size: int = typer.Option(16, "--batch-size"),
     chunk_size: int = typer.Option(256, "--chunk-size", help="Examples per flushed chunk (the resume unit)."),
     template: Optional[str] = typer.Option(None, "--template", help="Default: each row's, else the model's."),
@@ -226,6 +239,7 @@ def acts(
 ) -> None:
     """Collect activations (float16, memory-mapped) at the last token, each list word, the category."""
     check_model(model)
+    warn_short(n, count_rows(data, n), "rows", data)
     from countlens.interp.acts import collect_activations
 
     s = collect_activations(model, data, out, sites=sites, positions=positions,
@@ -254,7 +268,9 @@ def probe(
                                             "store; last,items when collecting)."),
     controls: str = typer.Option(",".join(("majority", "control", "shuffled", "input")), "--controls",
                                  help="Comma list of majority,control,shuffled,input."),
-    n: Optional[int] = typer.Option(None, "--n", help="First N examples only."),
+    n: Optional[int] = typer.Option(None, "--n", help="Probe the first N examples: of the --acts store (in example "
+                                                       "order), or the first N rows of --data in file order (default: "
+                                                       "all; fewer, with a warning, if there are fewer)."),
     c: float = typer.Option(1.0, "--C", help="Logistic regression inverse penalty."),
     alpha: Optional[float] = typer.Option(None, "--alpha", help="Ridge penalty (default: n_features)."),
     n_boot: int = typer.Option(1000, "--n-boot", help="Bootstrap resamples for the selectivity and R2 CIs "
@@ -272,6 +288,12 @@ def probe(
 ) -> None:
     """Linear probes per site x layer x position with controls, CIs, running count and directions."""
     check_model(model)
+    if acts_dir is not None:
+        from countlens.interp.store import ActStore
+
+        warn_short(n, len(ActStore.open(acts_dir).examples), "examples", acts_dir)
+    elif data is not None:
+        warn_short(n, count_rows(data, n), "rows", data)
     from countlens.interp.probes import run_probes
 
     collect = {}
@@ -338,9 +360,12 @@ def steer(
     model: str = typer.Option("organism", "--model", help="organism, a folder, or hf:NAME."),
     data: Path = typer.Option(..., "--data", help="Examples JSONL (first part fits vectors, rest evaluates)."),
     out: Path = typer.Option(..., "--out"),
-    n: Optional[int] = typer.Option(None, "--n", help="First N rows."),
+    n: Optional[int] = typer.Option(None, "--n", help="The first N rows of --data, in file order, split by "
+                                                       "--train-frac (default: all; fewer, with a warning, if the "
+                                                       "file holds fewer)."),
     layers: Optional[str] = typer.Option(None, "--layers", help="Comma list, e.g. emb,0,2 (default: all)."),
-    scales: Optional[str] = typer.Option(None, "--scales", help="Comma list of scales (both signs)."),
+    scales: Optional[str] = typer.Option(None, "--scales", help="Comma list of scales, both signs (default: "
+                                         "-2, -1, -0.5, 0, 0.5, 1, 1.5, 2, 2.5, 3, 4; 0 is always added)."),
     positions: str = typer.Option("last", "--positions", help="last | from-list | all"),
     vector: str = typer.Option("both", "--vector", help="mean-diff | probe | both (one-more and random always)."),
     train_frac: float = typer.Option(0.5, "--train-frac", help="Share of rows used to fit the vectors."),
@@ -546,7 +571,8 @@ def bench(
     model: list[str] = typer.Option(..., "--model", help="SPEC, repeatable: organism, hf:NAME_OR_PATH, "
                                     "openai:MODEL or openai:MODEL@BASE_URL, anthropic:MODEL, bedrock:MODEL_ID."),
     data: Path = typer.Option(..., "--data", help="JSONL: ours, the original study's, or prompt+answer / input+target."),
-    n: Optional[int] = typer.Option(None, "--n", help="First N rows only."),
+    n: Optional[int] = typer.Option(None, "--n", help="Benchmark the first N rows of --data, in file order (default: "
+                                                       "all; fewer, with a warning, if the file holds fewer)."),
     out: Path = typer.Option(..., "--out", help="Folder for records, summary.json, records.parquet, figures."),
     mode: str = typer.Option("generate", "--mode", help="generate | score (local models: P(0..K) in one forward)."),
     prompt_format: str = typer.Option("auto", "--prompt-format", help="auto | chat | raw."),
@@ -574,7 +600,7 @@ def bench(
     s = run_bench(model, data, out, n=n, mode=mode, prompt_format=prompt_format, concurrency=concurrency, rpm=rpm,
                   max_new_tokens=max_new_tokens, prefill=prefill, system=system, device=device, dtype=dtype,
                   device_map=device_map, batch_size=batch_size, timeout=timeout, max_retries=max_retries,
-                  figures=not no_figures, progress=RichProgress(), templates=template or None)
+                  figures=not no_figures, progress=RichProgress(), templates=template or None, warn=log)
     if as_json:
         emit(s.to_dict() | {"out": str(out)}, True)
     else:

@@ -77,3 +77,10 @@ def read_jsonl(path: str | os.PathLike, n: int | None = None) -> Iterator[tuple[
                 raise InputError("expected a JSON object", file=path, line=lineno)
             count += 1
             yield lineno, obj
+
+
+def short_warning(asked: int | None, got: int, what: str, source: Any) -> str | None:
+    """The warning when --n asked for more than `source` holds (None when it holds enough)."""
+    if asked is None or got >= asked:
+        return None
+    return f"warning: --n {asked} asked, but {source} holds only {got} {what}; running on {got}"

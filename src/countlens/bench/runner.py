@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import gc
 import json
+from collections.abc import Callable
 from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
@@ -28,7 +29,7 @@ from countlens.bench.stats import CI, INTERVAL
 from countlens.bench.store import RecordStore
 from countlens.data.templates import Template, load_template
 from countlens.errors import InputError
-from countlens.io import atomic_path, write_json
+from countlens.io import atomic_path, short_warning, write_json
 
 MODES = ("generate", "score")
 STORE_NAME, SUMMARY_NAME, RECORDS_NAME = "records.sqlite", "summary.json", "records.parquet"
@@ -121,7 +122,7 @@ def run_bench(models: list[str] | str, data: str | Path, out: str | Path, *, n: 
               batch_size: int = 64, timeout: float = 60.0, max_retries: int = 6, retry: RetryPolicy | None = None,
               figures: bool = True, progress: bool | Progress = True,
               templates: list[str | Template] | str | Template | None = None,
-              handles: dict[str, Any] | None = None) -> BenchSummary:
+              handles: dict[str, Any] | None = None, warn: Callable[[str], None] | None = None) -> BenchSummary:
     """Benchmark each model on the first `n` rows of `data`; write DIR/summary.json, records, figures.
 
     `templates` (built-in names, YAML/JSON files or Template objects): render every row with each
@@ -130,6 +131,7 @@ def run_bench(models: list[str] | str, data: str | Path, out: str | Path, *, n: 
     with a Wilson interval per template, McNemar between templates on the same examples).
     Rerunning the same call resumes: finished records (same key) are skipped, API errors retried.
     `handles` maps a local model's SPEC to an already loaded ModelHandle (the study loads once).
+    `warn(message)` hears when the file holds fewer than `n` rows (the run goes on with those).
     """
     if mode not in MODES:
         raise InputError(f"--mode must be one of {', '.join(MODES)}, got '{mode}'")
@@ -143,6 +145,9 @@ def run_bench(models: list[str] | str, data: str | Path, out: str | Path, *, n: 
             preflight(spec.name)
     tpls = _templates(templates)
     examples = load_examples(data, n)
+    short = short_warning(n, len(examples), "rows", data)
+    if warn is not None and short:
+        warn(short)
     variants: dict[str | None, list[BenchExample]] = (
         {None: examples} if tpls is None else {t.name: render(examples, t, str(data)) for t in tpls})
     prefixes = {None: None} if tpls is None else {t.name: t.answer_prefix for t in tpls}
