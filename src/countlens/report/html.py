@@ -21,8 +21,15 @@ def _load(path: Path) -> dict | None:
     return json.loads(path.read_text()) if path.exists() else None
 
 
+WILSON = "Wilson 95 % interval"
+BOOT = "bootstrap 95 % CI"
+
+
 def _pct(x: Any) -> str:
-    return "n/a" if x is None or x != x else f"{100 * float(x):.1f}%"
+    if x is None or x != x:
+        return "n/a"
+    text = f"{100 * float(x):.1f}"
+    return (text[1:] if text.startswith("-") and float(text) == 0 else text) + "%"  # no "-0.0%"
 
 
 def _num(x: Any, nd: int = 2) -> str:
@@ -166,8 +173,10 @@ def bench_section(out: Path) -> list[Block]:
                 if extra:
                     blocks.append(("p", "Score mode (one forward per prompt): " + ", ".join(
                         f"{k.replace('_', ' ')} {_num(v, 3)}" for k, v in extra.items())))
-        figs += [(k, (p, f"{cap} ({mode} mode)")) for k, (p, cap) in
-                 _figs(d, ["accuracy.png", "accuracy_by_count.png", "confusion*.png"])]
+        names = ["accuracy_by_count.png", "confusion*.png"]
+        if len(s.get("models", [])) > 1:  # one model: the table above says it; no single-bar chart
+            names.insert(0, "accuracy.png")
+        figs += _figs(d, names, bench_captions(d, mode))
     if not rows:
         return blocks + [("p", "The benchmark stage has not run.")]
     above = counts_above_chance(out)
@@ -179,13 +188,30 @@ def bench_section(out: Path) -> list[Block]:
     blocks.insert(1, ("p", f"Chance: uniform over the answers 0..{ch.get('k')} is {_pct(ch.get('uniform'))}; "
                            f"always answering the most frequent count scores {_pct(ch.get('majority'))}. "
                            + verdict) if ch else ("p", verdict))
-    blocks.insert(2, ("table", (["mode", "model", "n", "accuracy [95% CI]", "strict", "parse errors",
+    blocks.insert(2, ("table", (["mode", "model", "n", f"accuracy [{WILSON}]", "strict", "parse errors",
                                  "numerical errors", "mean signed error"], rows)))
     blocks.append(("p", "Reading: accuracy uses the lenient parser as the original study did; the strict "
-                   "column needs the exact `(N)` form. Intervals are Wilson score intervals (95%) over "
+                   f"column needs the exact `(N)` form. Intervals are {WILSON}s over "
                    "examples, which stay honest at 0 % and 100 %: they cover sampling of examples from this "
                    "generator, not other templates or lexicons."))
     return blocks + figs
+
+
+BENCH_MODE = {"generate": "generate mode: greedy generation, answer parsed from the text",
+              "score": "score mode: the most probable count among P(0..K) after the answer prefix, one forward"}
+
+
+def bench_captions(d: Path, mode: str) -> dict[str, str]:
+    """What each benchmark figure shows, naming the mode (generate and score draw the same kinds)."""
+    how = BENCH_MODE.get(mode, f"{mode} mode")
+    caps = {"accuracy.png": f"Accuracy per model ({how}), with {WILSON}s.",
+            "accuracy_by_count.png": f"Accuracy by true count N ({how}), with {WILSON}s per count."}
+    for p in d.glob("confusion*.png"):
+        model = p.stem.removeprefix("confusion_")
+        caps[p.name] = (f"Confusion matrix of {model} ({how}): true count (rows) x "
+                        + ("parsed answer (columns; none: unparseable)." if mode == "generate"
+                           else "most probable count (columns)."))
+    return caps
 
 
 def patch_section(out: Path) -> list[Block]:
@@ -210,8 +236,8 @@ def patch_section(out: Path) -> list[Block]:
               f"the {s.get('informative_pairs', s['kept_pairs'])} pairs whose source and base logit differences "
               f"differ by more than {s.get('ld_gap_threshold', 0)} logits (mean gap "
               f"{_num(s.get('mean_ld_gap'))}); the change in logit difference is over every pair."),
-        ("table", (["layer", "normalised effect [95% CI]", "Δ logit diff [95% CI]", "ratio of means", "P(target)",
-                    "argmax = target [95% CI]"], rows)),
+        ("table", (["layer", f"normalised effect [{BOOT}]", f"Δ logit diff [{BOOT}]", "ratio of means",
+                    "P(target)", f"argmax = target [{WILSON}]"], rows)),
         ("p", (f"Reading: no pair's source and base logit differences differ by more than "
                f"{s.get('ld_gap_threshold')} logits (mean gap {_num(s.get('mean_ld_gap'), 3)}): the model's output "
                "barely tells the two counts of a pair apart, so there is no output difference for patching to "
@@ -230,11 +256,36 @@ def patch_section(out: Path) -> list[Block]:
     ]
     gen = s.get("generate") or []
     if gen:
-        blocks.append(("table", (["layer", "changed (generate)", "exact match (generate)", "mean |shift|"],
-                                 [[str(g["layer"]), _pct(g["gen_changed"]), _pct(g["gen_exact_match"]),
+        blocks.append(("table", (["layer", "changed (generate)", f"exact match (generate) [{WILSON}]",
+                                  "mean absolute shift"],
+                                 [[str(g["layer"]), _pct(g["gen_changed"]),
+                                   _ci(g, "gen_exact_match", "gen_exact_match_ci_low", "gen_exact_match_ci_high"),
                                    _num(g["gen_abs_shift"])] for g in gen])))
         blocks.append(("p", "The original study's protocol (patch, generate, parse), kept for comparison."))
-    return blocks + _figs(d, ["patch_per_layer.png", "patch_heatmap_*.png", "patch_heads.png"])
+    blocks.append(("p", f"Intervals: {BOOT}s (percentile, over pairs) for the means of effects; {WILSON}s "
+                        "for the argmax and exact-match rates, which stay honest at 0 % and 100 %."))
+    return blocks + _figs(d, ["patch_per_layer.png", "patch_heatmap_*.png", "patch_heads.png"], patch_captions(s))
+
+
+def patch_captions(s: dict) -> dict[str, str]:
+    direction = s.get("direction", "denoise")
+    how = ("the low-count prompt run with the high-count prompt's activations patched in" if direction == "denoise"
+           else "the high-count prompt run with the low-count prompt's activations patched in")
+    caps = {"patch_per_layer.png": f"Normalised effect of patching the residual stream at the answer position, by "
+                                   f"layer ({direction}: {how}), mean over pairs with a {BOOT}.",
+            "patch_heads.png": f"Normalised effect of patching each attention head's output at the answer position, "
+                               f"by layer x head ({direction})."}
+    named = s.get("positions") == "named"
+    for site in ("resid", "attn", "mlp"):
+        caps[f"patch_heatmap_{site}.png"] = (
+            f"Normalised effect of patching the {SITE_NAMES[site]} at each layer (rows) x position (columns), "
+            f"{direction}. " + ("Columns are the named positions, each pair at its own token."
+                                if named else "Columns are offsets from the end, labelled with the tokens of one "
+                                "example prompt; the changed word is in red."))
+    return caps
+
+
+SITE_NAMES = {"resid": "residual stream", "attn": "attention output", "mlp": "MLP output"}
 
 
 def probe_section(out: Path) -> list[Block]:
@@ -250,15 +301,25 @@ def probe_section(out: Path) -> list[Block]:
     inp = (s.get("input_baseline") or {}).get("accuracy")
     maj = s.get("majority")
     maj = maj.get("accuracy") if isinstance(maj, dict) else maj
-    blocks += [("table", (["layer", "accuracy [95% CI]", "control task", "selectivity", "ridge R²"], rows)),
+    blocks += [("table", (["layer", f"accuracy [{WILSON}]", "control task", "selectivity", "ridge R²"], rows)),
                ("p", f"Baselines: majority class {_pct(maj)}; input-only bag-of-words classifier {_pct(inp)}. "
                      f"Best layer {best.get('layer')}: {_pct(best.get('accuracy'))}."),
                ("p", "Reading: a probe shows the count is linearly decodable, not that the model uses it "
                      "(see patching and steering for use). Selectivity subtracts the accuracy of the same probe "
                      "on a control task (random word memberships), so it measures what the representation "
                      "encodes beyond the probe's own capacity. The running-count heatmap asks whether a count "
-                     "of matches so far is readable at every list word, or only at the answer.")]
-    return blocks + _figs(d, ["probe_accuracy_by_layer.png", "probe_running_count.png", "probe_confusion.png"])
+                     "of matches so far is readable at every list word, or only at the answer."),
+               ("p", f"Intervals: accuracies have {WILSON}s over held-out examples, which stay "
+                     f"honest at 0 % and 100 %; selectivity and R² have {BOOT}s over examples.")]
+    caps = {"probe_accuracy_by_layer.png": f"Left: held-out accuracy of the linear count probe at the answer "
+                                           f"position by layer ({WILSON}s), beside the control task, shuffled "
+                                           "labels, the majority class and the input-only bag of words. Right: "
+                                           "ridge R² of the count as a number.",
+            "probe_running_count.png": "Running-count probe: held-out accuracy of the count of matches so far, at "
+                                       "each list word (columns) and layer (rows).",
+            "probe_confusion.png": f"Confusion matrix of the best layer's probe (layer {best.get('layer')}): true "
+                                   "count (rows) x predicted count (columns), out-of-fold."}
+    return blocks + _figs(d, ["probe_accuracy_by_layer.png", "probe_running_count.png", "probe_confusion.png"], caps)
 
 
 def steer_section(out: Path) -> list[Block]:
@@ -278,7 +339,7 @@ def steer_section(out: Path) -> list[Block]:
                          _pct(lb["success_rate"]) if lb else "n/a"])
     blocks += [("p", f"Vectors from {s['n_train']} examples, evaluated on {s['n_eval']} held-out examples "
                      f"(unsteered accuracy {_pct(s.get('unsteered_accuracy'))}); target: N -> N+1."),
-               ("table", (["vector", "best layer", "scale", "success [95% CI]", "random vector, same norm",
+               ("table", (["vector", "best layer", "scale", f"success [{WILSON}]", "random vector, same norm",
                            "moved the wrong way", "at the last block"], rows))]
     gen = s.get("generate") or []
     if gen:
@@ -296,8 +357,17 @@ def steer_section(out: Path) -> list[Block]:
                         "last block's output any class-mean difference moves the logits almost by construction "
                         "(reported separately). The random vector of the same norm is the control: success well "
                         "above it means the direction, not the perturbation size, moves the count."))
+    blocks.append(("p", f"Intervals: success rates have {WILSON}s over held-out examples; the "
+                        f"dose-response curves have {BOOT}s of the mean shift."))
+    at = f"layer {md.get('layer')}, scale {_num(md.get('scale'), 1)}" if md else "its best setting"
+    caps = {"steer_dose_response.png": f"Dose-response: mean (steered answer - true N) against the scale, one line "
+                                       f"per layer, for each vector ({BOOT}s over examples).",
+            "steer_transitions_mean-diff.png": f"True count N (rows) x steered answer (columns) with the "
+                                               f"mean-difference N -> N+1 vector at {at}.",
+            "steer_transitions_random_at_mean-diff.png": f"The control: true count N (rows) x answer (columns) with a "
+                                                         f"random vector of the same norm at {at}."}
     return blocks + _figs(d, ["steer_dose_response.png", "steer_transitions_mean-diff.png",
-                              "steer_transitions_random_at_mean-diff.png"])
+                              "steer_transitions_random_at_mean-diff.png"], caps)
 
 
 def caveats(cfg: Any) -> list[Block]:
