@@ -63,6 +63,105 @@ def test_rerun_skips_finished_stages_and_force_reruns_one(study_dir):
     assert set(s["timings"]) == {"steer", "report"}
 
 
+def test_every_stage_result_has_a_frame_and_figures(study_dir, tmp_path):
+    """run_study's stages (fresh or read back from their files) all have .to_frame(), and .plot() where
+    there is something to plot; the frames hold the numbers of the stages' own files."""
+    import pandas as pd
+
+    from countlens.study.results import load_stage
+    from countlens.study.run import STAGES
+
+    out, _, cfg_file = study_dir
+    res = run_study(build_config(cfg_file), out, force=("data", "pairs", "bench"), progress=False)
+    assert set(res.stages) == set(STAGES) and set(res.skipped) == {"patch", "probes", "steer"}
+    frames = {name: r.to_frame() for name, r in res.stages.items()}
+    assert all(isinstance(f, pd.DataFrame) and len(f) for f in frames.values()), {k: len(f) for k, f in frames.items()}
+    data = json.loads((out / "data" / "summary.json").read_text())
+    assert len(frames["data"]) == data["rows"] == 160
+    assert {str(k): int(v) for k, v in frames["data"].answer.value_counts().items()} == \
+        {str(k): v for k, v in data["by_count"].items()}
+    pairs = frames["pairs"]
+    assert len(pairs) == res.stages["pairs"].summary["pairs"] and (pairs.n_high == pairs.n_low + 1).all()
+    bench = frames["bench"].set_index("mode")
+    for mode in ("generate", "score"):
+        m = json.loads((out / "bench" / mode / "summary.json").read_text())["models"][0]
+        assert bench.loc[mode, "accuracy"] == m["accuracy"] and bench.loc[mode, "ci_low"] == m["ci_low"]
+    assert set(frames["patch"].site) == {"resid", "head"} and "success" in frames["steer"]
+    head = frames["report"].set_index("quantity")
+    probes = json.loads((out / "probes" / "summary.json").read_text())
+    acc = head.loc["accuracy (last position)"]
+    assert list(acc.value) == [e["accuracy"] for e in probes["per_layer"]]
+    assert head.loc["accuracy (generate)", "value"] == bench.loc["generate", "accuracy"]
+    # figures
+    assert [p.name for p in res.stages["data"].plot(tmp_path)] == ["data_balance.png"]
+    assert [p.name for p in res.stages["pairs"].plot(tmp_path)] == ["pairs_by_n.png"]
+    assert set(res.stages["bench"].plot(tmp_path / "bench")) == {"generate", "score"}
+    assert (tmp_path / "bench" / "score" / "accuracy_by_count.png").exists()
+    for name in ("patch", "probes", "steer"):
+        figs = res.stages[name].plot(tmp_path / name)
+        assert figs and all(Path(p).stat().st_size > 1000 for p in (figs.values() if isinstance(figs, dict)
+                                                                       else figs)), name
+    # read back from the files: the same frames as the fresh results
+    for name in ("data", "pairs", "bench"):
+        pd.testing.assert_frame_equal(load_stage(out, name).to_frame(), frames[name])
+
+
+def test_report_captions_intervals_and_wording(study_dir):
+    """Captions say what each figure shows and in which mode; intervals are named; no '-0.00'."""
+    from countlens.report.html import _num, _pct
+
+    out, _, _ = study_dir
+    html = re.sub(r"data:image/png;base64,[A-Za-z0-9+/=]+", "", (out / "report.html").read_text())
+    caps = re.findall(r"<figcaption>(.*?)</figcaption>", html)
+    assert len(caps) >= 10 and len(caps) == len(set(caps)), caps          # no two figures share a caption
+    gen, score = [c for c in caps if "generate mode" in c], [c for c in caps if "score mode" in c]
+    assert len(gen) == len(score) >= 2
+    assert all(len(c.split()) >= 8 for c in caps), caps                   # a sentence, not a file name
+    assert not [c for c in caps if c.split(" (")[0] in ("accuracy", "accuracy by count", "confusion organism")]
+    assert "bench/generate/accuracy.png" not in (out / "report.md").read_text()   # one model: no single-bar chart
+    # the "What ran" table has a real header row, and no table has an empty one
+    assert re.search(r"<section id='run'><h2>What ran</h2>\n<table><tr><th>setting</th><th>value</th></tr>", html)
+    assert "<th></th>" not in html and "<tr></tr>" not in html
+    assert not re.search(r"-0\.0+(?![0-9])", html)                         # no "-0.00" or "-0.0%"
+    assert _num(-0.001) == "0.00" and _pct(-0.00001) == "0.0%" and _pct(-0.02) == "-2.0%"
+    assert "moves the answer from" not in html
+    assert html.count("Wilson 95 % interval") >= 5 and "bootstrap 95 % CI" in html
+
+
+def test_readme_numbers_script_prints_the_study_table_and_updates_only_its_block(study_dir, tmp_path):
+    import sys
+
+    out, _, _ = study_dir
+    script = ROOT / "benchmarks" / "readme_numbers.py"
+    p = subprocess.run([sys.executable, str(script), str(out)], capture_output=True, text=True, check=True)
+    rows = [line for line in p.stdout.splitlines() if line.startswith("| ") and not line.startswith("| stage")]
+    bench = json.loads((out / "bench" / "generate" / "summary.json").read_text())["models"][0]
+    patch = json.loads((out / "patch" / "summary.json").read_text())
+    probes = json.loads((out / "probes" / "summary.json").read_text())
+    steer = json.loads((out / "steer" / "summary.json").read_text())["best"]
+    assert [r.split(" | ")[0] for r in rows] == [
+        "| benchmark (40 examples)", f"| patching ({patch['kept_pairs']} pairs, resid, answer position, denoise)",
+        "| probes (last position, 3-fold, 160 examples)", "| steering N -> N+1"]
+    pct = lambda x: f"{100 * x:.1f}"  # noqa: E731
+    assert f"{pct(bench['accuracy'])} % [{pct(bench['ci_low'])}, {pct(bench['ci_high'])}]" in rows[0]
+    assert f"{patch['per_layer'][-1]['mean']:.2f}" in rows[1]
+    for e in probes["per_layer"]:
+        assert f"{e['layer']} {pct(e['accuracy'])} %" in rows[2]
+    assert f"**{pct(steer['success_rate'])} % [{pct(steer['ci_low'])}, {pct(steer['ci_high'])}]**" in rows[3]
+    # --check fails on a README with other numbers; --update rewrites only the marked block
+    readme = tmp_path / "README.md"
+    original = (ROOT / "README.md").read_text()
+    readme.write_text(original)
+    run = lambda *a: subprocess.run([sys.executable, str(script), str(out), "--readme", str(readme), *a],  # noqa: E731
+                                    capture_output=True, text=True)
+    assert run("--check").returncode == 1
+    assert run("--update").returncode == 0
+    new = readme.read_text()
+    start, end = "<!-- readme-numbers:start -->", "<!-- readme-numbers:end -->"
+    assert new.split(start)[0] == original.split(start)[0] and new.split(end)[1] == original.split(end)[1]
+    assert all(r in new for r in rows) and run("--check").returncode == 0
+
+
 def test_interrupted_run_resumes_without_redoing_finished_stages(tmp_path):
     cfg = build_config(small_config(tmp_path), bench={"n": 20, "modes": ["score"]})
     out = tmp_path / "run"

@@ -19,13 +19,16 @@ from typing import Any
 
 from countlens.io import write_json
 from countlens.study.config import StudyConfig, fit_to_model
+from countlens.study.results import BenchResult, DataResult, PairsResult, ReportResult, load_stage
 
 STAGES = ("data", "pairs", "bench", "patch", "probes", "steer", "report")
 
 
 @dataclass
 class StudyResult:
-    """What `run_study` returns: each stage's result object (with .to_frame() and .plot())."""
+    """What `run_study` returns: each stage's result object, with .to_frame() (and .plot() where there
+    is something to plot): the ones it ran, and the ones it skipped as already done, read back from
+    their files (study.results.load_stage)."""
     out: Path
     config: StudyConfig
     stages: dict[str, Any] = field(default_factory=dict)
@@ -88,20 +91,24 @@ class Study:
 
         first = next(obj for _, obj in read_jsonl(self.data_file, 1))
         write_json(self.out / "model.json", describe_model(self.handle, _template(self.cfg, self.handle), first))
-        return summary
+        return DataResult(summary, self.data_file)
 
     def pairs(self, d: Path) -> Any:
         from countlens.data.pairs import build_pairs
 
         c = self.cfg.pairs
-        return build_pairs(self.data_file, self.handle.tokenizer, c.n, d / "pairs.jsonl", change_at=c.change_at,
-                           seed=c.seed, lexicon=self.cfg.data.lexicon, template=_template(self.cfg, self.handle))
+        summary = build_pairs(self.data_file, self.handle.tokenizer, c.n, d / "pairs.jsonl", change_at=c.change_at,
+                              seed=c.seed, lexicon=self.cfg.data.lexicon, template=_template(self.cfg, self.handle))
+        write_json(d / "summary.json", summary)
+        if summary.get("short_reason"):
+            self.log(f"warning: {summary['short_reason']}")
+        return PairsResult(summary, d / "pairs.jsonl")
 
     def bench(self, d: Path) -> Any:
         from countlens.bench.runner import run_bench
 
         c = self.cfg.bench
-        results = {}
+        results = BenchResult()
         for mode in c.modes:
             results[mode] = run_bench([self.cfg.model], self.data_file, d / mode, n=c.n, mode=mode,
                                       prompt_format=self.cfg.prompt_format, max_new_tokens=c.max_new_tokens,
@@ -150,7 +157,8 @@ class Study:
     def report(self, d: Path) -> Any:
         from countlens.report.html import write_report
 
-        return write_report(self.out, self.cfg)
+        r = write_report(self.out, self.cfg)
+        return ReportResult(Path(r["html"]), Path(r["md"]), self.out, figures=r["figures"])
 
 
 def environment(cfg: StudyConfig) -> dict:
@@ -206,6 +214,7 @@ def run_study(cfg: StudyConfig, out: str | Path = "runs/study", *, force: tuple[
         h = cfg.stage_hash(stage)
         if stage != "report" and stage not in force and _done(d, h):
             result.skipped.append(stage)
+            result.stages[stage] = load_stage(out, stage)
             continue
         if d.exists() and stage != "report":
             shutil.rmtree(d)  # a half-finished or stale stage starts clean
