@@ -85,8 +85,10 @@ def patch_figures(table: pd.DataFrame, summary: dict, out_dir: str | Path) -> li
         if named:
             grid = grid[sorted(grid.columns, key=lambda c: NAMED_ORDER.index(c) if c in NAMED_ORDER else 99)]
         labels, changed = position_labels(list(grid.columns), example, named)
-        fig, ax = plt.subplots(figsize=(min(16, 2.5 + 0.22 * grid.shape[1]), 1.6 + 0.4 * grid.shape[0]))
-        im = ax.imshow(grid.to_numpy(), aspect="auto", cmap="RdBu_r", vmin=-1, vmax=1)
+        width = 2.5 + (1.4 if named else 0.22) * grid.shape[1]
+        fig, ax = plt.subplots(figsize=(min(16, width), 1.6 + 0.4 * grid.shape[0]))
+        cmap = plt.get_cmap("RdBu_r").with_extremes(bad="#d9d9d9")  # grey: not patched there (a layer subset)
+        im = ax.imshow(np.ma.masked_invalid(grid.to_numpy(dtype=float)), aspect="auto", cmap=cmap, vmin=-1, vmax=1)
         ax.set_yticks(range(grid.shape[0]), grid.index)
         step = 1 if grid.shape[1] <= 80 else grid.shape[1] // 60 + 1
         ticks = list(range(0, grid.shape[1], step))
@@ -96,7 +98,7 @@ def patch_figures(table: pd.DataFrame, summary: dict, out_dir: str | Path) -> li
             if i in changed:
                 tick.set_color("tab:red")
                 tick.set_fontweight("bold")
-        ax.set_xlabel("named position (each pair at its own token)" if named else
+        ax.set_xlabel("named position (each pair at its own token; grey: not patched)" if named else
                       f"position: token of pair {example.get('pair')}'s base prompt and its offset from the end "
                       "(-1 = the answer position; red = the changed word)" if example.get("tokens") else
                       "position (offset from the answer position; -1 = last)")
