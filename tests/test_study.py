@@ -258,3 +258,22 @@ def test_report_renders_in_headless_chromium(study_dir, tmp_path):
     assert max(hist) / sum(hist) < 0.97  # not blank
     docs = ROOT / "docs" / "report-screenshot.png"
     shutil.copy(shot, docs)  # README shows the screenshot this test made
+
+
+def test_compare_puts_two_studies_side_by_side(study_dir, tmp_path):
+    """`countlens compare` reads finished studies only; its numbers are the studies' own."""
+    out, _, _ = study_dir
+    proc = run_cli("compare", str(out), str(out), "--label", "a", "--label", "b", "--out", str(tmp_path / "cmp"),
+                   "--json", check=True)
+    summary = json.loads(proc.stdout)
+    assert [r["label"] for r in summary["runs"]] == ["a", "b"]
+    bench = json.loads((out / "bench" / "generate" / "summary.json").read_text())["models"][0]
+    row = summary["table"]["benchmark accuracy (generate), %"]
+    assert row["a"] == row["b"] and row["a"].startswith(f"{100 * bench['accuracy']:.1f} [")
+    probes = json.loads((out / "probes" / "summary.json").read_text())
+    best = max(probes["per_layer"], key=lambda r: r["accuracy"])
+    assert f"{100 * best['accuracy']:.1f} (layer {best['layer']}" in summary["table"]["probe accuracy at the answer, best layer, %"]["a"]
+    assert (tmp_path / "cmp" / "compare.png").stat().st_size > 10_000
+    assert "benchmark accuracy" in (tmp_path / "cmp" / "compare.md").read_text()
+    bad = run_cli("compare", str(tmp_path), "--out", str(tmp_path / "x"))
+    assert bad.returncode == 2 and "not a study folder" in bad.stderr and not (tmp_path / "x").exists()

@@ -78,6 +78,13 @@ def run_section(out: Path, cfg: Any) -> list[Block]:
             g = model["gguf"]
             rows.append(["weights", f"dequantized from {Path(g['gguf']).name} (sha256 {g['sha256'][:12]}...): "
                                     "the numbers describe the quantized release, not the original float weights"])
+        if model.get("finetune"):
+            f = model["finetune"]
+            rows.append(["fine-tune", f"LoRA adapter (rank {f['config']['rank']}, every linear layer) on {f['base']}, "
+                                      f"{f['steps']} steps of {f['config']['batch_size']} fresh "
+                                      f"{f['template']['name']} examples in its chat format, loss on the answer only, "
+                                      f"no mechanism shaping; {_pct(f['held_out_accuracy'])} greedy on "
+                                      f"{f['held_out_n']} held-out examples"])
     rows += [*[[k, str(v)] for k, v in env.items()],
              ["stage timings (s)", ", ".join(f"{k} {v}" for k, v in timings.items())]]
     ran = preset_plan(cfg)
