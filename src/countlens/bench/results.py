@@ -164,7 +164,3 @@ class BenchSummary(BaseModel):
         from countlens.bench.figures import draw
 
         return draw(self, out)
-
-    def model_by_name(self, spec: str, template: str | None = None) -> ModelMetrics:
-        """The model's metrics; with several templates, the first template's unless one is named."""
-        return next(m for m in self.models if m.model == spec and (template is None or m.template == template))

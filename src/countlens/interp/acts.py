@@ -34,7 +34,7 @@ from countlens.data.schema import Example, read_examples
 from countlens.data.templates import Template, builtin_templates, load_template
 from countlens.errors import InputError
 from countlens.interp.sites import KINDS, Site, capture
-from countlens.interp.store import FORMAT, POSITION_KINDS, ActStore, StoreWriter, site_file
+from countlens.interp.store import FORMAT, POSITION_KINDS, StoreWriter, site_file
 from countlens.models.handle import ModelHandle, keep_logits, load, pad_left, weights_hash
 
 F16_MAX = 65504.0
@@ -377,7 +377,3 @@ def _open_or_create(out: Path, handle: ModelHandle, rows: list[PromptRow], site_
             "n_layers": handle.n_layers, "fingerprint": fingerprint, "n_clipped": 0,
             "created": time.strftime("%Y-%m-%dT%H:%M:%S")}
     return StoreWriter(out, meta, index, examples), 0
-
-
-def open_store(path: str | Path) -> ActStore:
-    return ActStore.open(path)

@@ -17,7 +17,6 @@ per (site, layer, head, position) with a hook. Both must agree to 1e-4 in float3
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -844,7 +843,3 @@ def save_result(result: PatchResult, out: str | Path) -> dict:
     summary["figures"] = figures
     write_json(out / "summary.json", summary)
     return summary
-
-
-def summary_json(summary: dict) -> str:
-    return json.dumps(summary, default=str)

@@ -3,7 +3,10 @@
 Vectors per layer, from activations of *training* examples at the answer position (`last`):
   mean-diff  means[M] - means[N] (class means of the residual stream); for N -> N+1 each
              example gets the vector of its own true N (CAA-style, Rimsky et al. 2023)
-  one-more   one label-free direction per layer: the average consecutive class-mean difference
+  one-more   one direction per layer for "+1 count": the least-squares slope of the activations on
+             the count (`probe_fit.mean_slope`, the probes' difference-of-means direction), fitted
+             on every example; the average of consecutive class-mean differences would telescope
+             to (mu_last - mu_first) / (K - 1) and use only the two end classes
   probe      the logistic probe's weight difference coef[N+1] - coef[N], rescaled to the norm of
              the matching mean-diff vector so that scales compare
   random     a seeded Gaussian direction rescaled to the mean-diff vector's norm (the control)
@@ -35,6 +38,7 @@ from countlens.data.templates import Template
 from countlens.errors import InputError
 from countlens.interp import kvcache
 from countlens.interp.sites import Site, capture, hook
+from countlens.interp.probe_fit import mean_slope
 from countlens.models.handle import ModelHandle, keep_logits, pad_left
 from countlens.stats import interval_label, wilson_ci
 
@@ -147,8 +151,8 @@ def fit_vectors(X: np.ndarray, y: np.ndarray, seed: int, layer_index: int) -> La
 
     classes = np.unique(y)
     means = np.stack([X[y == c].mean(0) for c in classes])
-    diffs = np.diff(means, axis=0)
-    slope = diffs.mean(0) if len(diffs) else np.zeros(X.shape[1])
+    slope = mean_slope(X.astype(np.float64), y.astype(np.float64)).astype(X.dtype) if len(classes) > 1 \
+        else np.zeros(X.shape[1], X.dtype)
     scaler = StandardScaler().fit(X)
     clf = LogisticRegression(max_iter=500, C=1.0).fit(scaler.transform(X), y)
     coef = clf.coef_ / np.where(scaler.scale_ > 0, scaler.scale_, 1.0)
@@ -350,10 +354,6 @@ def generate_steered(handle, enc, idx, site, vectors, scale, positions, max_new_
                                     pad_token_id=handle.pad_id)
     texts = handle.tokenizer.batch_decode(out[:, W:], skip_special_tokens=True)
     return [parse_lenient(prefix + t) for t in texts]
-
-
-def _layer_key(layer) -> int:
-    return -1 if layer == "emb" else int(layer)
 
 
 @dataclass

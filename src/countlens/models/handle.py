@@ -84,11 +84,6 @@ class ModelHandle:
             out.append(ids[len(base):])
         return out
 
-    def batch(self, texts: list[str]) -> dict[str, torch.Tensor]:
-        """Left-padded input_ids, attention_mask and matching position_ids on the model's device."""
-        seqs = [self.encode_text(t) for t in texts]
-        return pad_left(seqs, self.pad_id, self.device)
-
     @property
     def pad_id(self) -> int:
         t = self.tokenizer

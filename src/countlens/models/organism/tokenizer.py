@@ -7,7 +7,6 @@ formatted prompt followed by `(` tokenises as the prompt's tokens plus `(`.
 from __future__ import annotations
 
 import re
-from pathlib import Path
 
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers
 
@@ -55,7 +54,3 @@ def build_tokenizer():
                                    padding_side="left")
     fast.chat_template = CHAT_TEMPLATE
     return fast
-
-
-def save_tokenizer(tokenizer, out: str | Path) -> None:
-    tokenizer.save_pretrained(str(out))
