@@ -373,6 +373,8 @@ def finetune(cfg: FinetuneConfig, out: str | Path, *, log=print, progress: bool 
 
     adapter, tmp = out / "adapter", out / ".adapter.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
+    for c in model.peft_config.values():  # the base's name, not this machine's cache path
+        c.base_model_name_or_path = cfg.base
     model.save_pretrained(tmp)
     # What the merged model's handle reads: its native template and how it was made.
     write_json(tmp / "countlens.json", {"template": template.to_dict(), "accuracy": curve.accuracy[-1],
