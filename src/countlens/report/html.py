@@ -92,8 +92,10 @@ def run_section(out: Path, cfg: Any) -> list[Block]:
     org = Path(_organism_meta(cfg.model)) if _organism_meta(cfg.model) else None
     if org and org.exists():
         meta = json.loads(org.read_text())
+    if org and org.exists() and "finetune" not in meta:  # a fine-tuned model has its own row above
+        ev = meta.get("eval")
         rows.append(["organism", f"{meta.get('template')} template, {_pct(meta.get('accuracy'))} greedy on "
-                     f"{meta.get('eval', {}).get('n')} fresh examples, {meta.get('steps')} training steps"])
+                     f"{ev.get('n') if isinstance(ev, dict) else ev} fresh examples, {meta.get('steps')} training steps"])
     blocks.append(("table", (["setting", "value"], rows)))
     ex = model.get("example")
     if ex:
