@@ -40,7 +40,8 @@ def timed(fn, repeats: int) -> float:
 
 def original_protocol(handle, enc, max_new_tokens: int = 8) -> None:
     """Batch 1, one generate() per layer, hook on the block output at the last position."""
-    from countlens.interp.sites import Site, capture, hook
+    from countlens.models.hooks import capture, replace
+    from countlens.sites import Site
 
     for i in range(len(enc.ids)):
         low = torch.tensor([enc.low[i]], device=handle.device)
@@ -50,15 +51,8 @@ def original_protocol(handle, enc, max_new_tokens: int = 8) -> None:
             handle.model(high)
         for site in sites:
             v = acts[site][:, -1]
-            W = low.shape[1]
 
-            def fn(x, v=v, W=W):
-                if x.shape[1] != W:
-                    return None
-                x = x.clone()
-                x[:, -1] = v.to(x.dtype)
-                return x
-            with torch.no_grad(), hook(handle, site, fn):
+            with torch.no_grad(), replace(handle, site, v, positions=-1, prompt_only=True):
                 handle.model.generate(low, attention_mask=torch.ones_like(low), max_new_tokens=max_new_tokens,
                                       do_sample=False, eos_token_id=handle.stop_ids, pad_token_id=handle.pad_id)
 

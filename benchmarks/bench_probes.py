@@ -69,7 +69,7 @@ def bench_capture(model_path: str, n: int, batch_size: int, repeats: int, tmp: P
     from countlens.data.generate import generate_dataset
     from countlens.interp.acts import (_to_f16, batches, collect_activations, encode_batch, forward, locate,
                                        parse_sites, read_rows)
-    from countlens.interp.sites import capture
+    from countlens.models.hooks import capture
     from countlens.models.handle import load
 
     handle = load(model_path)

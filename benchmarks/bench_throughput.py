@@ -63,7 +63,7 @@ def main(argv: list[str] | None = None) -> int:
     from countlens.backends.hf import HFBackend
     from countlens.backends.spec import parse_spec
     from countlens.bench.data import BenchExample, load_examples
-    from countlens.bench.parse import parse_lenient
+    from countlens.data.answers import parse_lenient
     from countlens.data.generate import generate_examples
 
     torch.set_num_threads(args.threads)

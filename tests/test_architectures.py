@@ -15,7 +15,8 @@ import torch
 from conftest import TINY_ARCHS
 from countlens.interp import kvcache
 from countlens.interp.patching import PatchOptions, run_patching
-from countlens.interp.sites import Site, capture
+from countlens.models.hooks import capture
+from countlens.sites import Site
 from countlens.models.handle import load
 from test_patching import KEY, make_pairs
 

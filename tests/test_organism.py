@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from conftest import run_cli
-from countlens.bench.parse import parse_strict
+from countlens.data.answers import parse_strict
 from countlens.errors import InputError
 from countlens.models.handle import load
 from countlens.models.organism.evaluate import evaluate

@@ -6,9 +6,10 @@ import torch
 
 from conftest import run_cli
 from countlens.data.generate import generate_dataset
-from countlens.data.pairs import build_pairs
+from countlens import build_pairs
 from countlens.interp.patching import PatchOptions, load_pairs, run_patching
-from countlens.interp.sites import Site, capture
+from countlens.models.hooks import capture
+from countlens.sites import Site
 from countlens.models.handle import load
 
 KEY = ["pair", "direction", "site", "layer", "position", "head", "metric"]

@@ -136,3 +136,6 @@ def test_reduced_study_end_to_end_with_a_report(tmp_path):
     for text in ("does NOT count above chance", "FALLBACK", "dequantized", "system prompt", "answer position"):
         assert text in report, text
     assert "stage has not run" not in report
+    from golden_check import check
+
+    assert check(out, "smollm2") == []  # the same numbers as before the architecture change

@@ -9,7 +9,7 @@ from conftest import run_cli
 from countlens.data.generate import generate_examples
 from countlens.errors import InputError
 from countlens.interp import kvcache
-from countlens.interp.sites import Site
+from countlens.sites import Site
 from countlens.interp.steering import (SteerOptions, _row_bytes, count_logprobs, count_logprobs_last, encode_rows,
                                        run_steering)
 from countlens.models.handle import load, pad_left
@@ -160,3 +160,34 @@ def test_one_more_is_the_least_squares_slope_not_the_telescoped_end_difference()
     telescoped = (X[y == 3].mean(0) - X[y == 0].mean(0)) / 3
     assert np.abs(telescoped).max() < 0.01 and abs(v.slope[1] - 0.6) < 0.01  # [0, 0] vs [0, 0.6]
     assert np.allclose(v.vector("one-more", 1, 2), v.slope)
+
+
+def test_steering_uses_the_probes_estimator_and_reads_their_saved_directions(tmp_path):
+    """Steering fits its vectors with probe_fit.full_fit_directions (the code that writes the probes'
+    directions), so directions a probes run saved on the same rows give the same vectors and numbers."""
+    import numpy as np
+
+    from countlens.interp.probe_fit import FitConfig, full_fit_directions
+    from countlens.interp.probes import run_probes
+    from countlens.interp.steering import collect_last, fit_vectors, load_vectors
+
+    h = load("organism", device="cpu")
+    rows = generate_examples(120, 4, template=h.template())
+    train = encode_rows(h, rows[:60], h.template())
+    X = collect_last(h, train, [2], 60)[2]
+    v = fit_vectors(X, train.answers, seed=0, layer_index=0)
+    full = full_fit_directions(X, train.answers, FitConfig(max_iter=500))
+    assert np.array_equal(v.means, full["means"]) and np.array_equal(v.slope, full["slope"])
+    # directions saved by a probes run on the training half, read back by steering
+    data = tmp_path / "train.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows[:60]))
+    run_probes(model=h, data=data, out=tmp_path / "probes", layers=["2"], folds=2, figures=False)
+    loaded = load_vectors(str(tmp_path / "probes"), [2], seed=0)[2]
+    assert np.allclose(loaded.means, v.means, atol=1e-4) and np.allclose(loaded.slope, v.slope, atol=1e-4)
+    opts = dict(layers=(2,), scales=(0.0, 1.0), vectors=("mean-diff", "one-more"), generate=False)
+    fitted = run_steering(h, rows, SteerOptions(**opts))
+    read = run_steering(h, rows, SteerOptions(**opts, directions=str(tmp_path / "probes")))
+    a, b = fitted.summary["mean-diff"]["best"], read.summary["mean-diff"]["best"]
+    assert abs(a["success_rate"] - b["success_rate"]) <= 0.02 and a["success_rate"] >= 0.8
+    with pytest.raises(InputError, match="no saved direction"):
+        run_steering(h, rows, SteerOptions(**opts | {"layers": (1,)}, directions=str(tmp_path / "probes")))

@@ -55,6 +55,13 @@ def test_study_writes_every_section_with_real_numbers(study_dir):
     assert not re.search(r"""(src|href)=['"](https?:)?//""", html)
 
 
+def test_summaries_agree_with_the_ones_from_before_the_architecture_change(study_dir):
+    from golden_check import check
+
+    out, _, _ = study_dir
+    assert check(out, "organism") == []
+
+
 def test_rerun_skips_finished_stages_and_force_reruns_one(study_dir):
     out, _, cfg_file = study_dir
     proc = run_cli("run", str(cfg_file), "--out", str(out), "--json", "--force", "steer", check=True)

@@ -149,7 +149,7 @@ def data_pairs(
     as_json: bool = JSON,
 ) -> None:
     """Build token-aligned minimal pairs (counts N and N+1, one word changed)."""
-    from countlens.data.pairs import build_pairs
+    from countlens import build_pairs
 
     s = build_pairs(data, tokenizer, n, out, change_at=change_at, seed=seed, lexicon=lexicon, template=template)
     if s.get("short_reason"):
@@ -369,6 +369,8 @@ def steer(
     positions: str = typer.Option("last", "--positions", help="last | from-list | all"),
     vector: str = typer.Option("both", "--vector", help="mean-diff | probe | both (one-more and random always)."),
     train_frac: float = typer.Option(0.5, "--train-frac", help="Share of rows used to fit the vectors."),
+    directions: Optional[Path] = typer.Option(None, "--directions", help="A `countlens probe` output folder: "
+                                              "steer along its saved directions instead of fitting them."),
     generate: bool = typer.Option(True, "--generate/--no-generate", help="Greedy generation at the best settings."),
     batch_size: int = typer.Option(64, "--batch-size"),
     template: Optional[str] = typer.Option(None, "--template"),
@@ -402,7 +404,8 @@ def steer(
     handle = load(model, device=device, dtype=dtype, device_map=device_map, prompt_format=prompt_format)
     opts = SteerOptions(layers=layer_list, scales=scale_list, positions=positions,
                         vectors=(*kinds, "one-more", "random"), train_frac=train_frac, generate=generate,
-                        batch_size=batch_size, template=template, seed=seed)
+                        batch_size=batch_size, template=template, seed=seed,
+                        directions=str(directions) if directions else None)
     n_layers = len(layer_list) if layer_list else handle.n_layers + 1
     with tqdm(total=n_layers * len(opts.vectors), desc="steer", file=sys.stderr) as bar:
         result = run_steering(handle, rows, opts, progress=bar.update)

@@ -9,7 +9,7 @@ from typing import Any
 
 
 def __getattr__(name: str) -> Any:
-    # Lazy, so `countlens.bench.parse` stays importable without the runner's dependencies.
+    # Lazy, so `countlens.data.answers` stays importable without the runner's dependencies.
     if name == "run_bench":
         from countlens.bench.runner import run_bench
 

@@ -16,7 +16,7 @@ from typing import Any
 
 from countlens.backends.base import Completion, GenSettings, Scored
 from countlens.bench.data import BenchExample
-from countlens.bench.parse import PARSER_VERSION, parse_lenient, parse_strict
+from countlens.data.answers import PARSER_VERSION, parse_lenient, parse_strict
 
 STATUS_OK, STATUS_API_ERROR = "ok", "api_error"
 

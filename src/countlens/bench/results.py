@@ -159,8 +159,3 @@ class BenchSummary(BaseModel):
         keep = ("model", *(("template",) if self.templates else ()), "mode", "n", "accuracy", "accuracy_strict", "ci_low", "ci_high", "parse_error_rate",
                 "numerical_error_rate", "api_error_rate", "mean_signed_error")
         return pd.DataFrame([{k: getattr(m, k, None) for k in keep} for m in self.models])
-
-    def plot(self, out: Any = ".") -> dict[str, object]:
-        from countlens.bench.figures import draw
-
-        return draw(self, out)

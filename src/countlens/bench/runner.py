@@ -21,7 +21,7 @@ from countlens.backends.base import Backend, Completion, Scored
 from countlens.backends.spec import ModelSpec
 from countlens.bench.data import BenchExample, load_examples, render
 from countlens.bench.metrics import comparisons, model_metrics, templates_section
-from countlens.bench.parse import PARSER_VERSION
+from countlens.data.answers import PARSER_VERSION
 from countlens.bench.progress import NoProgress, Progress, TqdmProgress
 from countlens.bench.records import Record, from_completion, from_scored, key_fields, record_key
 from countlens.bench.results import BenchSummary
@@ -202,15 +202,9 @@ def run_bench(models: list[str] | str, data: str | Path, out: str | Path, *, n: 
         files={"store": STORE_NAME, "records": RECORDS_NAME, "summary": SUMMARY_NAME})
     write_records(out / RECORDS_NAME, records)
     if figures:
-        summary.files["figures"] = _draw(summary, out)
+        summary.files["figures"] = summary.plot(out)  # report/bench_figures.py, bound in countlens.plot
     write_json(out / SUMMARY_NAME, summary.to_dict())
     return summary
-
-
-def _draw(summary: BenchSummary, out: Path) -> dict[str, object]:
-    from countlens.bench.figures import draw
-
-    return draw(summary, out)
 
 
 __all__ = ["run_bench"]

@@ -17,18 +17,11 @@ from typing import Any
 
 from countlens.data.lexicon import Lexicon, load_lexicon
 from countlens.data.schema import read_examples
-from countlens.data.templates import Template, builtin_templates, load_template
+from countlens.data.templates import Template, builtin_templates, load_template, word_char_span
 from countlens.errors import InputError
 from countlens.io import write_jsonl
 
 CHANGE_AT = ("first", "last", "random", "all")
-
-
-def word_char_span(template: Template, category: str, words: list[str], index: int) -> tuple[int, int]:
-    """Character span of words[index] inside template.render(category, words)."""
-    head = template.prompt.split("{words}")[0].replace("{category}", category)
-    start = len(head) + sum(len(w) + len(template.separator) for w in words[:index])
-    return start, start + len(words[index])
 
 
 def encode_with_offsets(tokenizer: Any, text: str) -> tuple[list[int], list[tuple[int, int]]]:
@@ -175,13 +168,10 @@ def make_pairs(data: str | Path, tokenizer: Any, n: int, *,
     return pairs, stats
 
 
-def build_pairs(data: str | Path, tokenizer: str | Any, n: int, out: str | Path, **kwargs: Any) -> dict:
-    """Write `n` minimal pairs to `out` (JSONL); `tokenizer` is a name/path or a tokenizer object."""
-    name = tokenizer if isinstance(tokenizer, str) else getattr(tokenizer, "name_or_path", "")
-    if isinstance(tokenizer, str):
-        from countlens.models.hub import load_tokenizer
-
-        tokenizer = load_tokenizer(tokenizer)
-    pairs, stats = make_pairs(data, tokenizer, n, tokenizer_name=name, **kwargs)
+def build_pairs(data: str | Path, tokenizer: Any, n: int, out: str | Path, **kwargs: Any) -> dict:
+    """Write `n` minimal pairs to `out` (JSONL) under a tokenizer object (`countlens.build_pairs` also
+    takes a model name or folder)."""
+    kwargs.setdefault("tokenizer_name", getattr(tokenizer, "name_or_path", ""))
+    pairs, stats = make_pairs(data, tokenizer, n, **kwargs)
     write_jsonl(out, pairs)
     return stats | {"out": str(out)}

@@ -87,3 +87,16 @@ def load_template(name_or_path: str | Path | Template | None = None) -> Template
 def template_from_dict(d: dict) -> Template:
     """Rebuild a template stored in a result or model folder (no validation needed)."""
     return Template(**{k: d[k] for k in ("name", *FIELDS) if k in d})
+
+
+def word_char_span(template: Template, category: str, words: list[str], index: int) -> tuple[int, int]:
+    """Character span of words[index] inside template.render(category, words)."""
+    head = template.prompt.split("{words}")[0].replace("{category}", category)
+    start = len(head) + sum(len(w) + len(template.separator) for w in words[:index])
+    return start, start + len(words[index])
+
+
+def category_char_span(template: Template, category: str, words: list[str]) -> tuple[int, int]:
+    """Character span of the category name inside template.render(category, words)."""
+    head = template.prompt.split("{category}")[0].replace("{words}", template.separator.join(words))
+    return len(head), len(head) + len(category)

@@ -29,11 +29,12 @@ import pandas as pd
 import torch
 
 from countlens.data.lexicon import load_lexicon
-from countlens.data.pairs import word_char_span
 from countlens.data.schema import Example, read_examples
 from countlens.data.templates import Template, builtin_templates, load_template
 from countlens.errors import InputError
-from countlens.interp.sites import KINDS, Site, capture
+from countlens.models.encoding import encode_prompt
+from countlens.models.hooks import capture
+from countlens.sites import KINDS, Site, every_layer, parse_layer
 from countlens.interp.store import FORMAT, POSITION_KINDS, StoreWriter, site_file
 from countlens.models.handle import ModelHandle, keep_logits, load, pad_left, weights_hash
 
@@ -124,45 +125,18 @@ def read_rows(data: str | Path | Sequence[dict], n: int | None = None, *, templa
     return rows
 
 
-def _last_token_of(offsets: list[tuple[int, int]], span: tuple[int, int]) -> int:
-    s, e = span
-    hits = [i for i, (a, b) in enumerate(offsets) if a < e and b > s]
-    if not hits:
-        raise InputError(f"no token covers characters {s}..{e} of the formatted prompt")
-    return hits[-1]
-
-
-def category_char_span(template: Template, category: str, words: list[str]) -> tuple[int, int]:
-    head = template.prompt.split("{category}")[0].replace("{words}", template.separator.join(words))
-    return len(head), len(head) + len(category)
-
-
 def locate(handle: ModelHandle, row: PromptRow, kinds: Sequence[str]) -> None:
     """Fill row.tokens and row.positions (kind, item, token index) for the requested kinds."""
-    tpl = row.template
-    prompt = tpl.render(row.category, row.words)
-    formatted = handle.format(prompt)
-    text = formatted + tpl.answer_prefix
-    at = formatted.find(prompt)
-    if at < 0:
-        raise InputError(f"the formatted prompt of example {row.id} does not contain the prompt text")
-    tok = handle.tokenizer
-    if not getattr(tok, "is_fast", False):
-        raise InputError(f"positions need a fast tokenizer with offsets; {type(tok).__name__} has none")
-    enc = tok(text, add_special_tokens=False, return_offsets_mapping=True)
-    ids, offsets = list(enc["input_ids"]), [tuple(o) for o in enc["offset_mapping"]]
-    row.tokens = ids
+    enc = encode_prompt(handle, row.template, row.category, row.words)
+    row.tokens = enc.ids
     pos: list[tuple[str, int, int]] = []
     for kind in kinds:
         if kind == "last":
-            pos.append(("last", -1, len(ids) - 1))
+            pos.append(("last", -1, enc.answer))
         elif kind == "prefix":
-            s, e = category_char_span(tpl, row.category, row.words)
-            pos.append(("prefix", -1, _last_token_of(offsets, (at + s, at + e))))
+            pos.append(("prefix", -1, enc.category))
         elif kind == "items":
-            for i in range(len(row.words)):
-                s, e = word_char_span(tpl, row.category, row.words, i)
-                pos.append(("items", i, _last_token_of(offsets, (at + s, at + e))))
+            pos += [("items", i, t) for i, t in enumerate(enc.items)]
     row.positions = pos
 
 
@@ -201,7 +175,7 @@ def parse_sites(spec: str | Sequence[str], handle: ModelHandle,
                 layers: Sequence[Any] | None = None) -> list[Site]:
     """"resid,attn" -> every layer of each kind (resid includes "emb"); "resid.3" -> one site."""
     items = [s.strip() for s in (spec.split(",") if isinstance(spec, str) else spec) if s.strip()]
-    want = None if layers is None else {("emb" if str(x) == "emb" else int(x)) for x in layers}
+    want = None if layers is None else {parse_layer(x) for x in layers}
     out: list[Site] = []
     for item in items:
         kind, _, layer = item.partition(".")
@@ -210,11 +184,11 @@ def parse_sites(spec: str | Sequence[str], handle: ModelHandle,
                              field="sites")
         if layer:
             try:
-                lays = ["emb" if layer == "emb" else int(layer)]
+                lays = [parse_layer(layer)]
             except ValueError:
                 raise InputError(f"bad layer in site '{item}'", field="sites") from None
         else:
-            lays = (["emb"] if kind == "resid" else []) + list(range(handle.n_layers))
+            lays = every_layer(handle.n_layers) if kind == "resid" else list(range(handle.n_layers))
         for lay in lays:
             if want is not None and lay not in want:
                 continue

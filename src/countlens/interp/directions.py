@@ -35,6 +35,7 @@ import numpy as np
 
 from countlens.errors import InputError
 from countlens.io import atomic_path, write_json
+from countlens.sites import parse_layer
 
 ARRAYS = ("classes", "counts", "means", "slope", "probe_coef", "probe_intercept", "ridge_coef", "ridge_intercept")
 
@@ -46,8 +47,8 @@ class Directions:
     layers: list[Any]
     arrays: dict[str, np.ndarray] = field(default_factory=dict)
 
-    def _l(self, layer: Any) -> int:
-        key = "emb" if str(layer) == "emb" else int(layer)
+    def layer_index(self, layer: Any) -> int:
+        key = parse_layer(layer)
         if key not in self.layers:
             raise InputError(f"layer {layer} has no saved direction (layers: {self.layers})")
         return self.layers.index(key)
@@ -60,19 +61,19 @@ class Directions:
 
     def mean_diff(self, layer: Any, n_from: int, m_to: int) -> np.ndarray:
         """The vector that moves the class mean of count N to that of count M at `layer`."""
-        means = self.arrays["means"][self._l(layer)]
+        means = self.arrays["means"][self.layer_index(layer)]
         return means[self._k(m_to)] - means[self._k(n_from)]
 
     def one_more(self, layer: Any, unit: bool = False) -> np.ndarray:
         """Difference-of-means direction per +1 count (unit length if `unit`)."""
-        v = self.arrays["slope"][self._l(layer)]
+        v = self.arrays["slope"][self.layer_index(layer)]
         return v / max(float(np.linalg.norm(v)), 1e-12) if unit else v
 
     def probe(self, layer: Any, count: int) -> np.ndarray:
         """Raw-unit logistic weight row of class `count` (position `last` only)."""
         if "probe_coef" not in self.arrays:
             raise InputError(f"no probe weights saved for position '{self.position}'")
-        return self.arrays["probe_coef"][self._l(layer), self._k(count)]
+        return self.arrays["probe_coef"][self.layer_index(layer), self._k(count)]
 
     def save(self, root: str | Path) -> list[str]:
         import torch

@@ -27,11 +27,14 @@ import numpy as np
 import pandas as pd
 import torch
 
-from countlens.bench.parse import parse_lenient
+from countlens.data.answers import parse_lenient
 from countlens.errors import InputError
 from countlens.interp import kvcache
-from countlens.interp.sites import Site, hook, n_heads
+from countlens.models import hooks
+from countlens.models.hooks import n_heads
+from countlens.sites import Site, every_layer, layer_key, parse_layer
 from countlens.io import read_jsonl
+from countlens.results import PatchResult
 from countlens.models.handle import ModelHandle, keep_logits, pad_left
 from countlens.stats import bootstrap_ci, wilson_ci
 
@@ -90,24 +93,8 @@ class EncodedPairs:
         return out
 
 
-@dataclass
-class PatchResult:
-    table: pd.DataFrame
-    summary: dict
-    options: PatchOptions = field(default_factory=PatchOptions)
-
-    def to_frame(self) -> pd.DataFrame:
-        return self.table
-
-    def plot(self, out_dir: str | Path | None = None) -> list[Path]:
-        from countlens.report.patch_figures import patch_figures
-
-        return patch_figures(self.table, self.summary, out_dir or Path("."))
-
-
-def sweep_configs(handle: ModelHandle, sites: tuple[str, ...], layers: tuple | None = None
-                  ) -> list[tuple[str, Any, int | None]]:
-    """(kind, layer, head) rows of a sweep: resid has "emb" + every block; head has every head.
+def sweep_configs(handle: ModelHandle, sites: tuple[str, ...], layers: tuple | None = None) -> list[Site]:
+    """The sites of a sweep, one per row: resid has "emb" + every block; head has every head.
 
     `layers` keeps only those layers (strings or ints; "emb" only applies to resid)."""
     out = _all_configs(handle, sites)
@@ -117,20 +104,20 @@ def sweep_configs(handle: ModelHandle, sites: tuple[str, ...], layers: tuple | N
     bad = want - {"emb", *map(str, range(handle.n_layers))}
     if bad:
         raise InputError(f"--layers: {sorted(bad)} out of range (the model has blocks 0..{handle.n_layers - 1} and emb)")
-    return [c for c in out if str(c[1]) in want]
+    return [c for c in out if str(c.layer) in want]
 
 
-def _all_configs(handle: ModelHandle, sites: tuple[str, ...]) -> list[tuple[str, Any, int | None]]:
-    out: list[tuple[str, Any, int | None]] = []
+def _all_configs(handle: ModelHandle, sites: tuple[str, ...]) -> list[Site]:
+    out: list[Site] = []
     for kind in sites:
         if kind not in SITE_KINDS:
             raise InputError(f"--sites: unknown site '{kind}' (choose from {', '.join(SITE_KINDS)})")
         if kind == "resid":
-            out += [("resid", layer, None) for layer in ["emb", *range(handle.n_layers)]]
+            out += [Site("resid", layer) for layer in every_layer(handle.n_layers)]
         elif kind == "head":
-            out += [("head", layer, h) for layer in range(handle.n_layers) for h in range(n_heads(handle.model))]
+            out += [Site("head", layer, h) for layer in range(handle.n_layers) for h in range(n_heads(handle.model))]
         else:
-            out += [(kind, layer, None) for layer in range(handle.n_layers)]
+            out += [Site(kind, layer) for layer in range(handle.n_layers)]
     return out
 
 
@@ -163,8 +150,10 @@ def encode_pairs(handle: ModelHandle, pairs: list[dict], template: Any = None) -
 def _last_item_token(handle: ModelHandle, row: dict, answer_prefix: str) -> int:
     """Token index of the last list word's last token in the formatted prompt (-1 when the row's
     template cannot be matched to its prompt, e.g. an external file without one)."""
-    from countlens.data.pairs import word_char_span
+    import dataclasses
+
     from countlens.data.templates import load_template
+    from countlens.models.encoding import encode_prompt
 
     words, category = row.get("word_list"), row.get("category")
     if not words or not category or not row.get("template"):
@@ -175,12 +164,10 @@ def _last_item_token(handle: ModelHandle, row: dict, answer_prefix: str) -> int:
         return -1
     if t.render(category, words) != row["prompt"]:
         return -1
-    formatted = handle.format(row["prompt"])
-    at = formatted.find(row["prompt"])
-    s, e = word_char_span(t, category, words, len(words) - 1)
-    enc = handle.tokenizer(formatted + answer_prefix, add_special_tokens=False, return_offsets_mapping=True)
-    hits = [i for i, (x, y) in enumerate(enc["offset_mapping"]) if x < at + e and y > at + s]
-    return hits[-1] if hits else -1
+    try:  # the pair is run with the sweep's answer prefix
+        return encode_prompt(handle, dataclasses.replace(t, answer_prefix=answer_prefix), category, words).items[-1]
+    except InputError:
+        return -1
 
 
 def _reduce(logits: torch.Tensor, hi: torch.Tensor, lo: torch.Tensor, tgt: torch.Tensor) -> torch.Tensor:
@@ -193,15 +180,14 @@ def _reduce(logits: torch.Tensor, hi: torch.Tensor, lo: torch.Tensor, tgt: torch
 
 def _row_patch_hooks(handle: ModelHandle, configs, cfg_of: torch.Tensor, src_of: torch.Tensor,
                      acts: dict[Site, torch.Tensor], t_index: int):
-    """Hooks that patch row i of a forward with config configs[cfg_of[i]], at sequence index t_index,
+    """Patch row i of a forward with config configs[cfg_of[i]], at sequence index t_index,
     with acts[site][src_of[i]] (acts: one position's source activations, [N, ...] per site)."""
     import contextlib
 
     by_site: dict[Site, list[tuple[torch.Tensor, int | None]]] = {}
     for c in torch.unique(cfg_of).tolist():
-        kind, layer, head = configs[c]
-        site = Site("head" if kind == "head" else kind, layer)
-        by_site.setdefault(site, []).append(((cfg_of == c).nonzero()[:, 0], head))
+        site = configs[c]
+        by_site.setdefault(site.module_site, []).append(((cfg_of == c).nonzero()[:, 0], site.head))
     stack = contextlib.ExitStack()
     for site, items in by_site.items():
         rows = torch.cat([r for r, _ in items])
@@ -210,21 +196,13 @@ def _row_patch_hooks(handle: ModelHandle, configs, cfg_of: torch.Tensor, src_of:
         if items[0][1] is not None:  # head sites: every config of the site names a head
             heads = torch.cat([torch.full((len(r),), h, dtype=torch.long) for r, h in items])
             v = v[torch.arange(len(rows), device=v.device), heads.to(v.device)]
-
-        def fn(x, rows=rows, heads=heads, v=v):
-            x = x.clone()
-            rows_d = rows.to(x.device)
-            if heads is None:
-                x[rows_d, t_index] = v.to(x.device, x.dtype)
-            else:
-                x[rows_d, t_index, heads.to(x.device)] = v.to(x.device, x.dtype)
-            return x
-        stack.enter_context(hook(handle, site, fn))
+        stack.enter_context(hooks.replace(handle, site, v, positions=t_index, rows=rows, heads=heads))
     return stack
 
 
-def _source_sites(configs) -> list[Site]:
-    return list(dict.fromkeys(Site("head" if k == "head" else k, layer) for k, layer, _ in configs))
+def _source_sites(configs: list[Site]) -> list[Site]:
+    """The tensors a sweep's source run must capture (a head site's whole attention input)."""
+    return list(dict.fromkeys(c.module_site for c in configs))
 
 
 # Instrumentation: when set, every forward of the fast path runs inside FORWARD_PROBE(info), info a
@@ -291,8 +269,6 @@ def _batch_fast(handle, base, src, mask, pos, positions, starts, configs, answer
     at least one row per forward. Source activations are captured for groups of positions small
     enough to take at most a quarter of the budget (one source forward per group).
     """
-    import contextlib
-
     model, cfg = handle.model, handle.model.config
     B, W = base.shape
     R = len(configs)
@@ -319,12 +295,7 @@ def _batch_fast(handle, base, src, mask, pos, positions, starts, configs, answer
     for g0 in range(0, len(positions), group):
         gpos = positions[g0:g0 + group]
         rel = torch.tensor([p - cs for p in gpos])
-        acts: dict[Site, torch.Tensor] = {}
-        with contextlib.ExitStack() as stack:
-            for site in sites:
-                def grab(x, site=site):
-                    acts[site] = x[:, rel.to(x.device)].detach()
-                stack.enter_context(hook(handle, site, grab))
+        with hooks.capture(handle, sites, positions=rel.tolist(), to_cpu=False) as acts:
             with _probe(kind="source", rows=B, prefix=cs, suffix=W - cs,
                         est_bytes=B * _forward_bytes(handle, kv, dims, cs, W - cs) + per_pos * len(gpos),
                         resident_bytes=resident_kv, budget=budget):
@@ -392,22 +363,14 @@ def _patch_last_shared(handle, kv, base, pos, mask, configs, pacts, answers, bud
         chunk = list(range(q0, min(R, q0 + Q)))
         by_site: dict[Site, list[tuple[int, int | None]]] = {}
         for q, r in enumerate(chunk):
-            kind, layer, head = configs[r]
-            by_site.setdefault(Site("head" if kind == "head" else kind, layer), []).append((q, head))
+            by_site.setdefault(configs[r].module_site, []).append((q, configs[r].head))
         import contextlib
 
-        with contextlib.ExitStack() as stack:
+        with contextlib.ExitStack() as stack:  # x [B, Q, ...]: query q is config chunk[q]
             for site, items in by_site.items():
-                def fn(x, items=items, v=pacts[site]):  # x [B, Q, ...]: query q is config chunk[q]
-                    x = x.clone()
-                    v = v.to(x.device, x.dtype)
-                    for q, head in items:
-                        if head is None:
-                            x[:, q] = v
-                        else:
-                            x[:, q, head] = v[:, head]
-                    return x
-                stack.enter_context(hook(handle, site, fn))
+                for q, head in items:
+                    v = pacts[site] if head is None else pacts[site][:, head]
+                    stack.enter_context(hooks.replace(handle, Site(site.kind, site.layer, head), v, positions=q))
             with _probe(kind="patch", rows=B * len(chunk), prefix=W - 1, suffix=1, est_bytes=fixed + per_query * len(chunk),
                         resident_bytes=resident, budget=budget):
                 o = kvcache.shared_prefix_forward(handle.model, prefix, W - 1, base[:, -1], pos[:, -1], mask,
@@ -433,13 +396,7 @@ def _batch_reference(handle, base, src, mask, pos, positions, starts, configs, a
         return kvcache.forward(model, input_ids=ids, attention_mask=mask, position_ids=pos, last_logits=True,
                                use_cache=False).logits[:, -1]
     clean_base = _reduce(full(base), hi, lo, tgt)
-    acts: dict[Site, torch.Tensor] = {}
-    import contextlib
-    with contextlib.ExitStack() as stack:
-        for site in _source_sites(configs):
-            def grab(x, site=site):
-                acts[site] = x.detach()
-            stack.enter_context(hook(handle, site, grab))
+    with hooks.capture(handle, _source_sites(configs), to_cpu=False) as acts:
         clean_src = _reduce(full(src), hi, lo, tgt)
     patched = torch.empty(B, len(positions), len(configs), 4)
     rows = torch.arange(B)
@@ -547,9 +504,9 @@ def _tidy(enc, idx, W, positions, configs, direction, clean_base, clean_src, pat
         valid &= names != ""
     bi, pj, rk, mm = np.meshgrid(np.arange(B), np.arange(P), np.arange(R), np.arange(4), indexing="ij")
     keep = valid[bi, pj]
-    kinds = np.array([c[0] for c in configs], dtype=object)
-    layers = np.array([str(c[1]) for c in configs], dtype=object)
-    heads = np.array([-1 if c[2] is None else c[2] for c in configs])
+    kinds = np.array([c.kind for c in configs], dtype=object)
+    layers = np.array([str(c.layer) for c in configs], dtype=object)
+    heads = np.array([-1 if c.head is None else c.head for c in configs])
     return pd.DataFrame({
         "pair": np.array([enc.ids[i] for i in idx], dtype=object)[bi[keep]],
         "n_low": np.array([enc.n_low[i] for i in idx])[bi[keep]],
@@ -600,32 +557,17 @@ def generate_sweep(handle: ModelHandle, enc: EncodedPairs, direction: str, confi
         idx = list(range(i0, min(len(enc.ids), i0 + opts.batch_size)))
         b, s, starts, _ = _direction_tensors(enc, idx, direction, handle.device)
         W = b["input_ids"].shape[1]
-        acts: dict[Site, torch.Tensor] = {}
         import contextlib
-        with contextlib.ExitStack() as stack:
-            for site in _source_sites(configs):
-                def grab(x, site=site):
-                    acts[site] = x[:, -1].detach()
-                stack.enter_context(hook(handle, site, grab))
+        with hooks.capture(handle, _source_sites(configs), positions=-1, to_cpu=False) as acts:
             handle.model(input_ids=s, attention_mask=b["attention_mask"], position_ids=b["position_ids"])
 
         def gen(patch_cfg):
             stack = contextlib.ExitStack()
             if patch_cfg is not None:
-                kind, layer, head = patch_cfg
-                site = Site(kind, layer)
-                v = acts[site] if head is None else acts[site][:, head]
-
-                def fn(x, v=v, head=head):
-                    if x.shape[1] != W:  # only the prefill holds the patched position
-                        return None
-                    x = x.clone()
-                    if head is None:
-                        x[:, -1] = v.to(x.device, x.dtype)
-                    else:
-                        x[:, -1, head] = v.to(x.device, x.dtype)
-                    return x
-                stack.enter_context(hook(handle, site, fn))
+                v = acts[patch_cfg.module_site][:, 0]
+                v = v if patch_cfg.head is None else v[:, patch_cfg.head]
+                # only the prefill holds the patched position
+                stack.enter_context(hooks.replace(handle, patch_cfg, v, positions=-1, prompt_only=True))
             with stack:
                 out = handle.model.generate(input_ids=b["input_ids"], attention_mask=b["attention_mask"],
                                             max_new_tokens=opts.max_new_tokens, do_sample=False,
@@ -642,16 +584,12 @@ def generate_sweep(handle: ModelHandle, enc: EncodedPairs, direction: str, confi
                 for metric, value in (("gen_changed", float(a != b0)), ("gen_exact_match", float(a == src_n)),
                                       ("gen_abs_shift", float(abs(a - b0)) if a is not None and b0 is not None
                                        else math.nan)):
-                    rows.append((enc.ids[i], enc.n_low[i], direction, cfg[0], str(cfg[1]), -1,
-                                 -1 if cfg[2] is None else cfg[2], metric, value))
+                    rows.append((enc.ids[i], enc.n_low[i], direction, cfg.kind, str(cfg.layer), -1,
+                                 -1 if cfg.head is None else cfg.head, metric, value))
     out = pd.DataFrame(rows, columns=["pair", "n_low", "direction", "site", "layer", "position", "head",
                                       "metric", "value"])
     out.insert(6, "position_name", "answer")
     return out
-
-
-def _layer_key(layer: str):
-    return -1 if layer == "emb" else int(layer)
 
 
 MIN_LD_GAP = 0.5       # logits: pairs with |LD_source - LD_base| below this are left out of the normalised mean
@@ -670,7 +608,7 @@ def _direction_summary(table: pd.DataFrame, pair_ld: pd.DataFrame, direction: st
     gaps = pair_ld[pair_ld.direction == direction].drop_duplicates("pair").set_index("pair")
     informative = set(gaps.index[(gaps.ld_source - gaps.ld_base).abs() > MIN_LD_GAP])
     per_layer, by_n = [], {}
-    for layer in sorted(t.layer.unique(), key=_layer_key):
+    for layer in sorted(t.layer.unique(), key=layer_key):
         tl = t[t.layer == layer]
         tn = tl[(tl.metric == "normalized") & tl.pair.isin(informative)]
         mean, lo, hi = bootstrap_ci(tn.value.to_numpy(), opts.n_boot, opts.seed)
@@ -679,7 +617,7 @@ def _direction_summary(table: pd.DataFrame, pair_ld: pd.DataFrame, direction: st
         d_mean, d_lo, d_hi = bootstrap_ci(delta, opts.n_boot, opts.seed)
         em = tl[tl.metric == "exact_match"].value.to_numpy()
         em_lo, em_hi = wilson_ci(int(np.nansum(em)), int(np.isfinite(em).sum())) if len(em) else (math.nan,) * 2
-        entry = {"layer": "emb" if layer == "emb" else int(layer), "mean": mean, "ci_low": lo, "ci_high": hi,
+        entry = {"layer": parse_layer(layer), "mean": mean, "ci_low": lo, "ci_high": hi,
                  "n_pairs": int(len(tn)), "delta_ld": d_mean, "delta_ld_ci_low": d_lo, "delta_ld_ci_high": d_hi,
                  "exact_match_ci_low": em_lo, "exact_match_ci_high": em_hi,
                  "ratio_of_means": ratio.get(str(layer), math.nan) if informative else math.nan}
@@ -691,8 +629,8 @@ def _direction_summary(table: pd.DataFrame, pair_ld: pd.DataFrame, direction: st
                                                 "pairs": int(len(g))})
     gen = table[table.metric.str.startswith("gen_") & (table.site == "resid") & (table.direction == direction)]
     generate = []
-    for layer in (sorted(gen.layer.unique(), key=_layer_key) if len(gen) else []):
-        entry = {"layer": "emb" if layer == "emb" else int(layer),
+    for layer in (sorted(gen.layer.unique(), key=layer_key) if len(gen) else []):
+        entry = {"layer": parse_layer(layer),
                  **{m: float(gen[(gen.layer == layer) & (gen.metric == m)].value.mean())
                     for m in ("gen_changed", "gen_exact_match", "gen_abs_shift")}}
         gem = gen[(gen.layer == layer) & (gen.metric == "gen_exact_match")].value.dropna().to_numpy()
@@ -756,11 +694,11 @@ def run_patching(handle: ModelHandle, pairs: list[dict], opts: PatchOptions | No
              "filter_requested": opts.filter, "filter_passed": passed, "filter_fallback": fallback}
     configs = sweep_configs(handle, opts.sites, opts.layers)
     comp = opts.component_positions or opts.positions
-    resid, comps = [c for c in configs if c[0] == "resid"], [c for c in configs if c[0] != "resid"]
+    resid, comps = [c for c in configs if c.kind == "resid"], [c for c in configs if c.kind != "resid"]
     if opts.positions == "named" and opts.named_layers is not None:
         # every resid layer at the answer (one cheap query each), a layer subset at the list words
         sub = {str(x) for x in opts.named_layers}
-        groups = [(resid, "last"), ([c for c in resid if str(c[1]) in sub], "named-list")]
+        groups = [(resid, "last"), ([c for c in resid if str(c.layer) in sub], "named-list")]
     elif comp == opts.positions:
         groups, comps = [(configs, opts.positions)], []
     else:
@@ -781,7 +719,7 @@ def run_patching(handle: ModelHandle, pairs: list[dict], opts: PatchOptions | No
         ratio[direction] = {k: a / b if b else math.nan for k, (a, b) in sums.items()}
         if opts.generate:
             gen_cfgs = [c for c in sweep_configs(handle, ("resid",), opts.layers)
-                        if opts.generate_layers is None or str(c[1]) in {str(x) for x in opts.generate_layers}]
+                        if opts.generate_layers is None or str(c.layer) in {str(x) for x in opts.generate_layers}]
             frames.append(generate_sweep(handle, kept, direction, gen_cfgs, opts))
     table = pd.concat(frames, ignore_index=True)
     stats["_ratio_of_means"] = ratio
@@ -812,9 +750,9 @@ def _ratio_sums(sums: dict, configs, W: int, positions: list[int], cb, cs, patch
     ld = patched[:, -1, :, 0] - patched[:, -1, :, 1]
     ld_b = (cb[:, 0] - cb[:, 1])[:, None]
     ld_s = (cs[:, 0] - cs[:, 1])[:, None]
-    for r, (kind, layer, _) in enumerate(configs):
-        if kind == "resid":
-            acc = sums.setdefault(str(layer), [0.0, 0.0])
+    for r, site in enumerate(configs):
+        if site.kind == "resid":
+            acc = sums.setdefault(str(site.layer), [0.0, 0.0])
             acc[0] += float((ld[:, r] - ld_b[:, 0]).sum())
             acc[1] += float((ld_s - ld_b).sum())
 

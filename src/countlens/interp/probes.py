@@ -21,7 +21,6 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -29,9 +28,11 @@ import numpy as np
 import pandas as pd
 
 from countlens.errors import InputError
+from countlens.results import ProbeResults
 from countlens.interp.directions import Directions, write_layout
 from countlens.interp.probe_fit import Cell, CellFit, FitConfig, fit_cell, mean_slope
-from countlens.interp.store import ActStore, layer_key, parse_site_name, write_parquet
+from countlens.interp.store import ActStore, write_parquet
+from countlens.sites import Site, layer_key, parse_layer
 from countlens.io import write_json
 from countlens.stats import interval_label
 
@@ -163,13 +164,13 @@ METRICS = {"logistic_accuracy": ("accuracy", None), "ridge_r2": ("r2", None),
 
 def _rows(site: str, fit: CellFit, cell: Cell, probe: str) -> list[dict]:
     """Tidy rows of one fit: site "input" for the bag of words, "-" for the majority class."""
-    kind, layer = parse_site_name(site) if site != "input" else ("input", "-")
+    kind, layer = (Site.parse(site).kind, Site.parse(site).layer) if site != "input" else ("input", "-")
     out = []
     for name, (v, lo, hi) in fit.metrics.items():
         metric, override = METRICS[name]
         p = override or probe
         where = ("-", "-", "-", np.nan) if p == "majority" else \
-            (site, kind, str(layer), -1 if layer == "emb" else (np.nan if layer == "-" else int(layer)))
+            (site, kind, str(layer), np.nan if layer == "-" else layer_key(layer))
         out.append(dict(zip(("site", "kind", "layer", "depth"), where)) | {
             "position": cell.position, "item": cell.item, "probe": p, "metric": metric, "value": v,
             "ci_low": lo, "ci_high": hi, "n": fit.n})
@@ -247,69 +248,6 @@ def _baseline_task(examples: pd.DataFrame, cells: list[Cell], cfg: FitConfig, co
 
 # ---------------------------------------------------------------------------------------- results
 
-@dataclass
-class ProbeResults:
-    """Tidy table of every number, out-of-fold predictions at `last`, and the summary."""
-
-    table: pd.DataFrame
-    predictions: pd.DataFrame
-    summary: dict
-    out: Path | None = None
-    files: dict[str, str] = field(default_factory=dict)
-
-    def to_frame(self) -> pd.DataFrame:
-        return self.table
-
-    def plot(self, out_dir: str | Path | None = None) -> dict[str, str]:
-        """Accuracy by layer (with controls), running-count heatmap, confusion matrix: {name: path}."""
-        from countlens.report.probe_figures import write_probe_figures
-
-        return write_probe_figures(self, out_dir or Path("."))
-
-    def per_layer(self, kind: str | None = None, position: str = "last", item: int = -1) -> pd.DataFrame:
-        """Wide frame: one row per layer (emb first), one column per metric (+ _lo/_hi CIs)."""
-        kind = kind or self.summary["site"]
-        t = self.table[(self.table["probe"] == "linear") & (self.table["kind"] == kind)
-                       & (self.table["position"] == position) & (self.table["item"] == item)]
-        if t.empty:
-            return pd.DataFrame()
-        wide = t.pivot_table(index=["layer", "depth"], columns="metric", values=["value", "ci_low", "ci_high"])
-        wide.columns = [m if v == "value" else f"{m}_{'lo' if v == 'ci_low' else 'hi'}" for v, m in wide.columns]
-        return wide.reset_index().sort_values("depth").reset_index(drop=True)
-
-    def baseline(self, probe: str, metric: str = "accuracy", position: str = "last", item: int = -1) -> dict | None:
-        t = self.table[(self.table["probe"] == probe) & (self.table["metric"] == metric)
-                       & (self.table["position"] == position) & (self.table["item"] == item)]
-        if t.empty:
-            return None
-        r = t.iloc[0]
-        return {"value": float(r["value"]), "ci_low": float(r["ci_low"]), "ci_high": float(r["ci_high"])}
-
-    def running_count(self, metric: str = "accuracy", kind: str | None = None) -> pd.DataFrame:
-        """Layer x word-position grid of a metric of the running-count probe (rows in layer order)."""
-        kind = kind or self.summary["site"]
-        t = self.table[(self.table["probe"] == "linear") & (self.table["kind"] == kind)
-                       & (self.table["position"] == "items") & (self.table["metric"] == metric)]
-        if t.empty:
-            return pd.DataFrame()
-        grid = t.pivot_table(index=["depth", "layer"], columns="item", values="value").sort_index()
-        return grid.droplevel("depth")
-
-    def confusion(self, layer: Any | None = None) -> tuple[np.ndarray, list[int], Any]:
-        """Confusion matrix [true, predicted] of the last-position probe (best layer by default)."""
-        layer = str(self.summary["best_layer"]["layer"] if layer is None else layer)
-        p = self.predictions[self.predictions["layer"] == layer]
-        classes = sorted(set(p["y"]).union(p["pred"]))
-        cm = np.zeros((len(classes), len(classes)), dtype=np.int64)
-        for a, b in zip(p["y"], p["pred"]):
-            cm[classes.index(a), classes.index(b)] += 1
-        return cm, classes, layer
-
-
-def _json_layer(layer: str) -> Any:
-    return layer if layer == "emb" else int(layer)
-
-
 def _num(x: Any) -> Any:
     return None if x is None or (isinstance(x, float) and not np.isfinite(x)) else round(float(x), 4)
 
@@ -324,7 +262,7 @@ def summarise(res: ProbeResults, meta: dict) -> dict:
         out = []
         for _, r in w.iterrows():
             g = lambda c: _num(r[c]) if c in r else None  # noqa: E731
-            out.append({"layer": _json_layer(r["layer"]), "accuracy": g("accuracy"), "ci_low": g("accuracy_lo"),
+            out.append({"layer": parse_layer(r["layer"]), "accuracy": g("accuracy"), "ci_low": g("accuracy_lo"),
                         "ci_high": g("accuracy_hi"), "control_accuracy": g("control_accuracy"),
                         "selectivity": g("selectivity"), "selectivity_ci_low": g("selectivity_lo"),
                         "selectivity_ci_high": g("selectivity_hi"), "r2": g("r2"), "r2_ci_low": g("r2_lo"),
@@ -361,7 +299,7 @@ def summarise(res: ProbeResults, meta: dict) -> dict:
             return [_num((res.baseline(probe, metric, "items", i) or {}).get("value")) for i in items]
 
         s["running_count"] = {
-            "site": main, "layers": [_json_layer(x) for x in grid.index], "items": items,
+            "site": main, "layers": [parse_layer(x) for x in grid.index], "items": items,
             "n": [int(n_by_item.get(i, 0)) for i in items],
             "accuracy": [[_num(v) for v in row] for row in grid.to_numpy()],
             "r2": [[_num(v) for v in row] for row in r2.to_numpy()],
@@ -416,7 +354,7 @@ def run_probes(acts: str | Path | None = None, *, model: Any = None, data: str |
     rows = [r for res in results for r in res["rows"]] + base_rows
     table = pd.DataFrame(rows, columns=TABLE_COLUMNS)
     table["item"] = table["item"].astype(int)
-    main = next(k for k in ("resid", "attn", "mlp", "head") if any(parse_site_name(s)[0] == k for s in site_names))
+    main = next(k for k in ("resid", "attn", "mlp", "head") if any(Site.parse(s).kind == k for s in site_names))
     res = ProbeResults(table=table, predictions=_predictions(results, main), summary={},
                        out=Path(out) if out else None)
     meta = {"acts": str(store.root), "model": store.meta.get("model"), "n_examples": int(len(examples)),
@@ -435,8 +373,8 @@ def run_probes(acts: str | Path | None = None, *, model: Any = None, data: str |
 
 def _predictions(results: list[dict], kind: str) -> pd.DataFrame:
     """Out-of-fold predictions at the last position, one row per (layer, example), for one site kind."""
-    frames = [pd.DataFrame({"site": r["site"], "layer": str(parse_site_name(r["site"])[1]), **r["preds"]})
-              for r in results if r["preds"] is not None and parse_site_name(r["site"])[0] == kind]
+    frames = [pd.DataFrame({"site": r["site"], "layer": str(Site.parse(r["site"]).layer), **r["preds"]})
+              for r in results if r["preds"] is not None and Site.parse(r["site"]).kind == kind]
     cols = ["site", "layer", "example", "y", "pred", "ridge", "fold"]
     return pd.concat(frames, ignore_index=True)[cols] if frames else pd.DataFrame(columns=cols)
 
@@ -447,11 +385,11 @@ def _select_sites(store: ActStore, sites: str | Sequence[str] | None) -> list[st
         chosen = names
     else:
         want = [s.strip() for s in (sites.split(",") if isinstance(sites, str) else sites) if s.strip()]
-        chosen = [s for s in names if s in want or parse_site_name(s)[0] in want]
-        missing = [w for w in want if not any(s == w or parse_site_name(s)[0] == w for s in names)]
+        chosen = [s for s in names if s in want or Site.parse(s).kind in want]
+        missing = [w for w in want if not any(s == w or Site.parse(s).kind == w for s in names)]
         if missing:
             raise InputError(f"site(s) {missing} not in the store (has: {', '.join(names)})", field="sites")
-    return sorted(chosen, key=lambda s: (parse_site_name(s)[0], layer_key(parse_site_name(s)[1])))
+    return sorted(chosen, key=lambda s: (Site.parse(s).kind, layer_key(Site.parse(s).layer)))
 
 
 def _select_positions(store: ActStore, positions: str | Sequence[str] | None) -> list[str]:
@@ -496,9 +434,9 @@ def _write(res: ProbeResults, out: Path, results: list[dict], figures: bool = Tr
     res.files = {"table": str(out / "probes.parquet"), "predictions": str(out / "predictions.parquet"),
                  "summary": str(out / "summary.json")}
     saved = []
-    for kind in sorted({parse_site_name(r["site"])[0] for r in results}):
-        mine = sorted([r for r in results if parse_site_name(r["site"])[0] == kind],
-                      key=lambda r: layer_key(parse_site_name(r["site"])[1]))
+    for kind in sorted({Site.parse(r["site"]).kind for r in results}):
+        mine = sorted([r for r in results if Site.parse(r["site"]).kind == kind],
+                      key=lambda r: layer_key(Site.parse(r["site"]).layer))
         for position in ("last", "items"):
             parts = [r for r in mine if position in r["dirs"]]
             if not parts:
@@ -510,7 +448,7 @@ def _write(res: ProbeResults, out: Path, results: list[dict], figures: bool = Tr
                           else np.stack([r["dirs"][position][k] for r in parts]))
                       for k in parts[0]["dirs"][position]}
             d = Directions(kind=kind, position=position, arrays=arrays,
-                           layers=[parse_site_name(r["site"])[1] for r in parts])
+                           layers=[Site.parse(r["site"]).layer for r in parts])
             d.save(out / "directions")
             saved.append(d)
     if saved:

@@ -33,12 +33,16 @@ import numpy as np
 import pandas as pd
 import torch
 
-from countlens.bench.parse import parse_lenient
+from countlens.data.answers import parse_lenient
 from countlens.data.templates import Template
 from countlens.errors import InputError
 from countlens.interp import kvcache
-from countlens.interp.sites import Site, capture, hook
-from countlens.interp.probe_fit import mean_slope
+from countlens.models import hooks
+from countlens.models.hooks import capture
+from countlens.results import SteerResult
+from countlens.sites import Site, every_layer, parse_layer
+from countlens.interp.directions import Directions
+from countlens.interp.probe_fit import FitConfig, full_fit_directions
 from countlens.models.handle import ModelHandle, keep_logits, pad_left
 from countlens.stats import interval_label, wilson_ci
 
@@ -61,6 +65,8 @@ class SteerOptions:
     seed: int = 0
     template: str | None = None
     method: str = "fast"                 # fast (KV-cached last position; positions=last) | reference
+    directions: str | None = None        # a probes output folder: steer along its saved directions instead
+                                         # of fitting on the training half (resid, answer position)
     memory_budget: int = 1 << 30         # bytes of KV-cache copies (+ logits) per fast forward
 
 
@@ -73,36 +79,13 @@ class Encoded:
     rows: list[dict] = field(default_factory=list)
 
 
-@dataclass
-class SteerResult:
-    table: pd.DataFrame          # per example x vector x layer x scale: answer, expected, p_target...
-    summary: dict
-    transitions: dict            # name -> [K+1, K+1] counts (true N x steered answer)
-
-    def to_frame(self) -> pd.DataFrame:
-        return self.table
-
-    def plot(self, out_dir: str | Path = ".") -> list[Path]:
-        from countlens.report.steer_figures import steer_figures
-
-        return steer_figures(self.table, self.summary, self.transitions, out_dir)
-
-
 def encode_rows(handle: ModelHandle, rows: list[dict], template: Template) -> Encoded:
-    from countlens.data.pairs import word_char_span
+    """Token ids and the first list token of each row (models.encoding: one prompt encoding)."""
+    from countlens.models.encoding import encode_prompt
 
-    ids, starts = [], []
-    for r in rows:
-        prompt = template.render(r["category"], r["word_list"])
-        formatted = handle.format(prompt)
-        text = formatted + template.answer_prefix
-        enc = handle.tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
-        at = formatted.find(prompt)
-        s, _ = word_char_span(template, r["category"], r["word_list"], 0)
-        first = next(i for i, (a, b) in enumerate(enc["offset_mapping"]) if b > at + s)
-        ids.append(list(enc["input_ids"]))
-        starts.append(first)
-    return Encoded(ids=ids, answers=np.array([r["answer"] for r in rows]), list_start=starts, rows=rows)
+    encs = [encode_prompt(handle, template, r["category"], r["word_list"]) for r in rows]
+    return Encoded(ids=[e.ids for e in encs], answers=np.array([r["answer"] for r in rows]),
+                   list_start=[e.words[0][0] for e in encs], rows=rows)
 
 
 @torch.no_grad()
@@ -145,21 +128,31 @@ class LayerVectors:
 
 
 def fit_vectors(X: np.ndarray, y: np.ndarray, seed: int, layer_index: int) -> LayerVectors:
-    """Class means, the one-more slope and a standardised logistic probe mapped back to raw units."""
-    from sklearn.linear_model import LogisticRegression
-    from sklearn.preprocessing import StandardScaler
+    """The probes' estimator (probe_fit.full_fit_directions: class means, the one-more least-squares
+    slope, a standardised logistic probe in raw units) on the steering training half."""
+    return vectors_from(full_fit_directions(X, y, FitConfig(max_iter=500)), seed, layer_index, X.shape[1])
 
-    classes = np.unique(y)
-    means = np.stack([X[y == c].mean(0) for c in classes])
-    slope = mean_slope(X.astype(np.float64), y.astype(np.float64)).astype(X.dtype) if len(classes) > 1 \
-        else np.zeros(X.shape[1], X.dtype)
-    scaler = StandardScaler().fit(X)
-    clf = LogisticRegression(max_iter=500, C=1.0).fit(scaler.transform(X), y)
-    coef = clf.coef_ / np.where(scaler.scale_ > 0, scaler.scale_, 1.0)
+
+def vectors_from(arrays: dict[str, np.ndarray], seed: int, layer_index: int, d: int) -> LayerVectors:
+    """One layer's steering vectors from direction arrays (fitted here or saved by the probes stage)."""
+    classes = np.asarray(arrays["classes"])
     rng = np.random.default_rng([seed, layer_index])
-    r = rng.standard_normal((len(classes), X.shape[1]))
+    r = rng.standard_normal((len(classes), d))
     r /= np.linalg.norm(r, axis=1, keepdims=True)
-    return LayerVectors(classes, means, slope, coef, r)
+    coef = arrays.get("probe_coef")
+    return LayerVectors(classes, np.asarray(arrays["means"]), np.asarray(arrays["slope"]),
+                        np.zeros((len(classes), d), np.float32) if coef is None else np.asarray(coef), r)
+
+
+def load_vectors(root: str, layers: list, seed: int) -> dict[Any, LayerVectors]:
+    """Steering vectors from the directions a probes run saved (OUT/directions, resid at `last`)."""
+    d = Directions.load(root, "resid", "last")
+    out = {}
+    for i, layer in enumerate(layers):
+        li = d.layer_index(layer)
+        arrays = {k: (v if k in ("classes", "counts") else v[li]) for k, v in d.arrays.items()}
+        out[layer] = vectors_from(arrays, seed, i, arrays["means"].shape[-1])
+    return out
 
 
 @torch.no_grad()
@@ -271,11 +264,9 @@ def _steer_shared(handle, configs, todo, kv, ids, mask, pos, count_tokens, memor
             site, vectors, scale = configs[r]
             d = by_site.setdefault(site, torch.zeros(B, len(chunk), hidden))
             d[:, q] = torch.as_tensor(vectors, dtype=torch.float32) * scale
-        with contextlib.ExitStack() as stack:
+        with contextlib.ExitStack() as stack:  # x [B, Q, hidden]: query q is setting chunk[q]
             for site, d in by_site.items():
-                def fn(x, d=d):  # x [B, Q, hidden]: query q is setting chunk[q]
-                    return x + d.to(x.device, x.dtype)
-                stack.enter_context(hook(handle, site, fn))
+                stack.enter_context(hooks.add(handle, site, d))
             o = kvcache.shared_prefix_forward(model, prefix, W - 1, ids[:, -1], pos[:, -1], mask, len(chunk))
         lp = torch.log_softmax(o.logits[:, -len(chunk):].float(), -1)[..., count_tokens].cpu()  # [B, Q, C]
         del o
@@ -305,11 +296,9 @@ def _steer_rows(handle, configs, todo, prefix, ids, mask, pos, count_tokens, max
             rows.append(torch.arange(at, at + e - a))
             deltas.append(torch.as_tensor(vectors, dtype=torch.float32)[a:e] * scale)
             at += e - a
-        with contextlib.ExitStack() as stack:
+        with contextlib.ExitStack() as stack:  # x [rows, 1, d]
             for site, (rows, deltas) in by_site.items():
-                def fn(x, rows=torch.cat(rows).to(ids.device), d=torch.cat(deltas).to(ids.device)):  # x [rows, 1, d]
-                    return x.index_add(0, rows.to(x.device), d.to(x.device, x.dtype)[:, None, :])
-                stack.enter_context(hook(handle, site, fn))
+                stack.enter_context(hooks.add(handle, site, torch.cat(deltas), rows=torch.cat(rows)))
             o = kvcache.forward(model, cache=kvcache.build_cache(rows_kv, cfg, W - 1),
                                 input_ids=ids[ex, W - 1:], attention_mask=mask[ex],
                                 position_ids=pos[ex, W - 1:], last_logits=True)
@@ -321,25 +310,16 @@ def _steer_rows(handle, configs, todo, prefix, ids, mask, pos, count_tokens, max
             at += e - a
 
 
-def _add_rows(handle, site: Site, v: torch.Tensor, enc: Encoded, idx: list[int], W: int, positions: str,
-              prefill_only: bool = False):
-    """Add per-row vectors v [B, d] at the chosen positions (during generation: prompt end onwards)."""
-    starts = torch.tensor([W - len(enc.ids[i]) + enc.list_start[i] for i in idx])
-
-    def fn(x):
-        vv = v.to(x.device, x.dtype)[:, None, :]
-        T = x.shape[1]
-        if T == 1:  # a generation step: every new token lies after the prompt
-            return x + vv
-        pos = torch.arange(T, device=x.device)[None, :]
-        if positions == "last":
-            m = pos == (T - 1)
-        elif positions == "from-list":
-            m = pos >= starts.to(x.device)[:, None]
-        else:
-            m = torch.ones_like(pos, dtype=torch.bool).expand(x.shape[0], T)
-        return x + vv * m[..., None].to(x.dtype)
-    return hook(handle, site, fn)
+def _add_rows(handle, site: Site, v: torch.Tensor, enc: Encoded, idx: list[int], W: int, positions: str):
+    """Add per-row vectors v [B, d] at the chosen positions (during generation: every new token too)."""
+    if positions == "last":
+        at = -1
+    elif positions == "from-list":
+        starts = torch.tensor([W - len(enc.ids[i]) + enc.list_start[i] for i in idx])
+        at = torch.arange(W)[None, :] >= starts[:, None]
+    else:
+        at = None
+    return hooks.add(handle, site, v, positions=at, new_tokens=True)
 
 
 @torch.no_grad()
@@ -391,18 +371,20 @@ def prepare_sweep(handle: ModelHandle, rows: list[dict], opts: SteerOptions) -> 
         raise InputError(f"need at least 10 training and 10 held-out examples (got {n_train} and {len(test_rows)})")
     K = int(max(r["answer"] for r in rows))
     count_tokens = [a[0] for a in handle.answer_tokens(K, tpl.answer_prefix)]
-    layers = list(opts.layers) if opts.layers else ["emb", *range(handle.n_layers)]
-    layers = ["emb" if str(x) == "emb" else int(x) for x in layers]
+    layers = [parse_layer(x) for x in (opts.layers or every_layer(handle.n_layers))]
     bad = [x for x in layers if x != "emb" and not 0 <= x < handle.n_layers]
     if bad:
         raise InputError(f"--layers: {bad} out of range (the model has blocks 0..{handle.n_layers - 1} and emb)")
     train, test = encode_rows(handle, train_rows, tpl), encode_rows(handle, test_rows, tpl)
-    acts = collect_last(handle, train, layers, opts.batch_size)
-    vecs = {layer: fit_vectors(acts[layer], train.answers, opts.seed, i) for i, layer in enumerate(layers)}
+    if opts.directions:  # saved by a probes run (fitted on its own examples)
+        vecs = load_vectors(opts.directions, layers, opts.seed)
+    else:
+        acts = collect_last(handle, train, layers, opts.batch_size)
+        vecs = {layer: fit_vectors(acts[layer], train.answers, opts.seed, i) for i, layer in enumerate(layers)}
     # Evaluate N -> N+1 on held-out examples with N < K.
     eval_idx = [i for i in range(len(test.ids)) if test.answers[i] < K]
-    missing = sorted({int(c) for i in eval_idx for c in (test.answers[i], test.answers[i] + 1)}
-                     - {int(c) for c in train.answers})
+    have = {int(c) for c in next(iter(vecs.values())).classes} if vecs else set()
+    missing = sorted({int(c) for i in eval_idx for c in (test.answers[i], test.answers[i] + 1)} - have)
     if missing:
         raise InputError(f"counts {missing} occur in the held-out part but not among the {n_train} training "
                          f"examples, so they have no class mean: use more examples or balanced halves")
@@ -506,7 +488,7 @@ def _best(t: pd.DataFrame, layers: list[str]) -> dict | None:
     (layer, scale), rate = s.idxmax(), float(s.max())
     cur = t[(t.layer == layer) & (t.scale == scale)].success
     lo, hi = _rate_ci(cur)
-    return {"layer": "emb" if layer == "emb" else int(layer), "scale": float(scale), "success_rate": rate,
+    return {"layer": parse_layer(layer), "scale": float(scale), "success_rate": rate,
             "ci_low": lo, "ci_high": hi, "n": int(cur.notna().sum())}
 
 
@@ -545,7 +527,7 @@ def summarize(table: pd.DataFrame, layers: list, n_layers: int, opts: SteerOptio
         for layer in [str(x) for x in layers]:
             tl = t[(t.layer == layer) & (t.scale > 0)].groupby("scale").success.mean()
             if len(tl):
-                per_layer.append({"layer": "emb" if layer == "emb" else int(layer),
+                per_layer.append({"layer": parse_layer(layer),
                                   "success_rate": float(tl.max()), "scale": float(tl.idxmax())})
         entry["per_layer"] = per_layer
         out[kind] = entry

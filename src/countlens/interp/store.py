@@ -30,6 +30,7 @@ import numpy as np
 import pandas as pd
 
 from countlens.errors import InputError
+from countlens.sites import Site
 from countlens.io import atomic_path, write_json
 
 FORMAT = "countlens-acts/1"
@@ -40,16 +41,6 @@ INDEX_COLUMNS = ("row", "example", "position", "item", "token", "running_count",
 
 def site_file(root: Path, site: str) -> Path:
     return Path(root) / "acts" / f"{site}.f16"
-
-
-def layer_key(layer: Any) -> tuple[int, int]:
-    """Sort key that puts "emb" before block 0."""
-    return (0, -1) if layer == "emb" else (1, int(layer))
-
-
-def parse_site_name(name: str) -> tuple[str, Any]:
-    kind, _, layer = name.partition(".")
-    return kind, ("emb" if layer == "emb" else int(layer))
 
 
 def write_parquet(path: Path, frame: pd.DataFrame) -> None:
@@ -173,7 +164,7 @@ def write_store(root: str | Path, arrays: dict[str, np.ndarray], index: pd.DataF
     for name, a in arrays.items():
         if a.shape[0] != n_rows:
             raise InputError(f"array '{name}' has {a.shape[0]} rows, the index {n_rows}")
-        kind, layer = parse_site_name(name)
+        kind, layer = Site.parse(name).kind, Site.parse(name).layer
         sites.append({"name": name, "kind": kind, "layer": layer, "dim": int(a.shape[1])})
     positions = [p for p in POSITION_KINDS if p in set(index["position"])]
     meta = {"format": FORMAT, "model": "external", "n_examples": int(len(examples)), "n_rows": n_rows,

@@ -89,7 +89,7 @@ def run_section(out: Path, cfg: Any) -> list[Block]:
              ["stage timings (s)", ", ".join(f"{k} {v}" for k, v in timings.items())]]
     ran = preset_plan(cfg)
     rows.append(["what the preset ran", ran])
-    org = Path(_organism_meta(cfg.model)) if _organism_meta(cfg.model) else None
+    org = Path(model["path"]) / "countlens.json" if model.get("path") else None  # the model's folder
     if org and org.exists():
         meta = json.loads(org.read_text())
     if org and org.exists() and "finetune" not in meta:  # a fine-tuned model has its own row above
@@ -123,13 +123,6 @@ def preset_plan(cfg: Any) -> str:
             f"{' on layers ' + ','.join(cfg.probes.layers) if getattr(cfg.probes, 'layers', None) else ''}; "
             f"steering {cfg.steer.n} examples on layers {', '.join(s.layers) if s.layers else 'all'}, scales "
             f"{', '.join(f'{x:g}' for x in s.scales)}")
-
-
-def _organism_meta(model: str) -> str | None:
-    from countlens.models.registry import resolve
-
-    p = Path(resolve(model)) / "countlens.json"
-    return str(p) if p.exists() else None
 
 
 def chance_levels(out: Path) -> dict:

@@ -7,11 +7,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from countlens.sites import layer_key
 from countlens.report._plt import plt, save
 
 
 def _layer_order(layers) -> list[str]:
-    return sorted(set(layers), key=lambda s: -1 if s == "emb" else int(s))
+    return sorted(set(layers), key=layer_key)
 
 
 NAMED_ORDER = ["changed", "last_item", "answer"]

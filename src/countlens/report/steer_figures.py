@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from countlens.sites import layer_key
 from countlens.report._plt import plt, save
 from countlens.stats import bootstrap_ci
 
@@ -18,7 +19,7 @@ def steer_figures(table: pd.DataFrame, summary: dict, transitions: dict, out_dir
     kinds = [k for k in table.vector.unique() if k != "random"]
     fig, axes = plt.subplots(1, len(kinds) + 1, figsize=(4.2 * (len(kinds) + 1), 3.4), sharey=True)
     axes = np.atleast_1d(axes)
-    layers = sorted(table.layer.unique(), key=lambda s: -1 if s == "emb" else int(s))
+    layers = sorted(table.layer.unique(), key=layer_key)
     colors = plt.cm.viridis(np.linspace(0, 0.9, len(layers)))
     for ax, kind in zip(axes, kinds + ["random"]):
         t = table[table.vector == kind]

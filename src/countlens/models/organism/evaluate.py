@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from countlens.bench.parse import parse_lenient, parse_strict
+from countlens.data.answers import parse_lenient, parse_strict
 from countlens.data.generate import generate_examples
 from countlens.models.generation import greedy_generate
 from countlens.models.handle import ModelHandle

@@ -161,25 +161,18 @@ def interchange_loss(handle, seqs: list[list[int]], starts: list[int], layer: in
                      gen: torch.Generator) -> tuple[torch.Tensor, float]:
     """Cross-entropy of the source's count when block `layer`'s output at the answer position
     comes from another prompt of the batch; also the share of answers that follow the source."""
-    from countlens.interp.sites import Site, hook
+    from countlens.models import hooks
+    from countlens.sites import Site
 
     batch = to_tensors(seqs, starts, handle.tokenizer.pad_token_id)
     rows, at = torch.arange(len(seqs)), torch.tensor(starts)  # `(` sits at the completion start
     digits = batch["input_ids"][rows, at + 1]                   # the count token after `(`
     perm = torch.randperm(len(seqs), generator=gen)
     site, kw = Site("resid", layer), {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
-    grabbed = {}
-    def grab(x):
-        grabbed["x"] = x[rows, at]
-    with torch.no_grad(), hook(handle, site, grab):
+    with torch.no_grad(), hooks.capture(handle, [site], positions=at, to_cpu=False) as grabbed:
         handle.model(**kw)
-    source = grabbed["x"][perm]
-
-    def swap(x):
-        x = x.clone()
-        x[rows, at] = source
-        return x
-    with hook(handle, site, swap):
+    source = grabbed[site][:, 0][perm]
+    with hooks.replace(handle, site, source, positions=at):
         logits = handle.model(**kw).logits[rows, at]
     target = digits[perm]
     follows = (logits.argmax(-1) == target).float().mean().item()

@@ -1,0 +1,282 @@
+"""The one hook layer: read and edit a site's tensor during a forward, hooks always removed.
+
+Like baukit's `nethook.Trace` (`retain_output` / `edit_output`), everything is built from two
+primitives on a handle's decoder blocks:
+
+  capture(handle, sites, positions)      record each site's tensor (at positions) into a dict
+  edit(handle, site, fn)                  fn(x) -> x' replaces the site's tensor in every forward
+
+and the two edits every stage uses are written once on top of `edit`:
+
+  replace(handle, site, values, positions, rows, heads)   overwrite (activation patching, interchange)
+  add(handle, site, delta, positions, rows)               add a vector (steering)
+
+Positions (`Positions`): None (every position), an int or a list of ints (the same indices in every
+row; negative ones count from the end), a LongTensor [R] (one index per row) or [R, P] (P per row),
+or (`add` only) a BoolTensor [R, T] mask. `rows` restricts an edit to some rows of the batch;
+`heads` (or a head site, `Site("head", L, h)`) to one query head per row. `prompt_only` edits the
+first forward inside the context only (the prefill of `generate`); `new_tokens` (add) also edits
+every position of the later forwards (the tokens `generate` adds).
+
+No other module registers a hook (`tests/test_hooks.py` greps for it). `Hooks` is the interface; the
+PyTorch implementation here is its first backend, written so that another (nnsight's traces) can
+implement the same four calls. Modules are found by name (`self_attn` / `attn` / `attention`,
+`o_proj` / `c_proj` / `dense`), so Llama, Qwen2, Mistral, Phi-3, Gemma 2/3, GPT-2 and GPT-NeoX take
+the same code path (`tests/test_architectures.py`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any, ContextManager, Protocol, Union
+
+import torch
+
+from countlens.sites import Site
+
+Positions = Union[None, int, Sequence[int], torch.Tensor]
+ATTN_NAMES = ("self_attn", "attn", "attention", "self_attention")
+OUT_PROJ_NAMES = ("o_proj", "c_proj", "dense", "out_proj")
+
+
+class Hooks(Protocol):
+    """What an engine backend implements; every intervention in countlens is one of these calls."""
+
+    def capture(self, handle: Any, sites: Sequence[Site], positions: Positions = None,
+                to_cpu: bool = True) -> ContextManager[dict[Site, torch.Tensor]]: ...
+
+    def edit(self, handle: Any, site: Site, fn: Callable[[torch.Tensor], torch.Tensor | None],
+             prompt_only: bool = False) -> ContextManager[None]: ...
+
+    def replace(self, handle: Any, site: Site, values: torch.Tensor, positions: Positions = None,
+                rows: torch.Tensor | None = None, heads: torch.Tensor | None = None,
+                prompt_only: bool = False) -> ContextManager[None]: ...
+
+    def add(self, handle: Any, site: Site, delta: torch.Tensor, positions: Positions = None,
+            rows: torch.Tensor | None = None, prompt_only: bool = False,
+            new_tokens: bool = False) -> ContextManager[None]: ...
+
+
+def _child(module: torch.nn.Module, names: Sequence[str], what: str) -> torch.nn.Module:
+    for n in names:
+        m = getattr(module, n, None)
+        if isinstance(m, torch.nn.Module):
+            return m
+    raise ValueError(f"cannot find the {what} of {type(module).__name__} (looked for {', '.join(names)})")
+
+
+def attention_module(block: torch.nn.Module) -> torch.nn.Module:
+    return _child(block, ATTN_NAMES, "attention module")
+
+
+def out_proj_module(block: torch.nn.Module) -> torch.nn.Module:
+    return _child(attention_module(block), OUT_PROJ_NAMES, "attention output projection")
+
+
+def n_heads(model: Any) -> int:
+    """Query heads (on GQA models more than the key/value heads)."""
+    cfg = model.config
+    return getattr(cfg, "num_attention_heads", None) or getattr(cfg, "n_head")
+
+
+def _first(x: Any) -> torch.Tensor:
+    return x[0] if isinstance(x, tuple) else x
+
+
+def _with_first(x: Any, new: torch.Tensor) -> Any:
+    return (new, *x[1:]) if isinstance(x, tuple) else new
+
+
+def _index(x: torch.Tensor, rows: torch.Tensor | None, positions: Positions) -> tuple[Any, Any]:
+    """(row index, position index) that select x[rows, positions] -> [R, P, ...] by broadcasting."""
+    R = x.shape[0] if rows is None else len(rows)
+    b = (torch.arange(x.shape[0]) if rows is None else torch.as_tensor(rows)).to(x.device)[:, None]
+    if positions is None:
+        p = torch.arange(x.shape[1], device=x.device)[None, :]
+    elif isinstance(positions, int):
+        p = torch.tensor([[positions]], device=x.device)
+    elif isinstance(positions, torch.Tensor):
+        p = positions.to(x.device, torch.long)
+        p = p[:, None] if p.dim() == 1 else p
+        if p.shape[0] not in (1, R):
+            raise ValueError(f"positions for {p.shape[0]} rows, the edit has {R}")
+    else:
+        p = torch.tensor([list(positions)], device=x.device, dtype=torch.long)
+    return b, p % x.shape[1]
+
+
+def _fit(values: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """values as [R, P, ...] for a target like [R, P, ...] (a missing P axis is one position)."""
+    v = values.to(like.device, like.dtype)
+    return v.unsqueeze(1) if v.dim() == like.dim() - 1 else v
+
+
+class TorchHooks:
+    """The PyTorch backend: forward hooks and pre-hooks on the handle's decoder blocks."""
+
+    @contextlib.contextmanager
+    def edit(self, handle: Any, site: Site, fn: Callable[[torch.Tensor], torch.Tensor | None],
+             prompt_only: bool = False) -> Iterator[None]:
+        """Call fn(x) on the site's tensor x [batch, seq, ...] in every forward (the first only when
+        `prompt_only`); a returned tensor replaces x. Head sites see [batch, seq, n_heads, head_dim]."""
+        site = site.module_site
+        blocks = handle.blocks
+        calls = [0]
+
+        def apply(x: torch.Tensor) -> torch.Tensor | None:
+            calls[0] += 1
+            if prompt_only and calls[0] > 1:
+                return None
+            return fn(x)
+
+        if site.layer == "emb" or site.kind == "head":
+            module = blocks[0] if site.layer == "emb" else out_proj_module(blocks[site.layer])
+            h = None if site.layer == "emb" else n_heads(handle.model)
+
+            def pre(mod, args, kwargs):
+                x = args[0] if args else kwargs["hidden_states"]
+                new = apply(x.unflatten(-1, (h, -1)) if h else x)
+                if new is None:
+                    return None
+                new = new.flatten(-2) if h else new
+                return ((new, *args[1:]), kwargs) if args else (args, {**kwargs, "hidden_states": new})
+
+            handles = [module.register_forward_pre_hook(pre, with_kwargs=True)]
+        else:
+            block = blocks[site.layer]
+            module = {"resid": block, "attn": attention_module(block) if site.kind == "attn" else None,
+                      "mlp": getattr(block, "mlp", None)}[site.kind]
+            if module is None:
+                raise ValueError(f"{type(block).__name__} has no {site.kind} module")
+
+            def post(mod, args, output):
+                new = apply(_first(output))
+                return None if new is None else _with_first(output, new)
+
+            handles = [module.register_forward_hook(post)]
+        try:
+            yield
+        finally:
+            for hd in handles:
+                hd.remove()
+
+    @contextlib.contextmanager
+    def capture(self, handle: Any, sites: Sequence[Site], positions: Positions = None,
+                to_cpu: bool = True) -> Iterator[dict[Site, torch.Tensor]]:
+        """Record each site's tensor (detached; at `positions`: [B, P, ...]) into the yielded dict;
+        a later forward overwrites it. A head site records its one head [B, P, head_dim]."""
+        store: dict[Site, torch.Tensor] = {}
+        with contextlib.ExitStack() as stack:
+            for site in sites:
+                def fn(x: torch.Tensor, site: Site = site) -> None:
+                    v = x.detach()
+                    if positions is not None:
+                        b, p = _index(v, None, positions)
+                        v = v[b, p]
+                    if site.head is not None:
+                        v = v[..., site.head, :]
+                    store[site] = v.cpu() if to_cpu else v
+                stack.enter_context(self.edit(handle, site, fn))
+            yield store
+
+    def replace(self, handle: Any, site: Site, values: torch.Tensor, positions: Positions = None,
+                rows: torch.Tensor | None = None, heads: torch.Tensor | None = None,
+                prompt_only: bool = False) -> ContextManager[None]:
+        """Overwrite x[rows, positions] (one head per row with `heads` [R] or a head site) with values
+        [R, P, ...] (or [R, ...] for one position each); gradients flow through the rest of x."""
+        if heads is not None and site.head is not None:
+            raise ValueError("give the head in the site or in `heads`, not both")
+
+        def fn(x: torch.Tensor) -> torch.Tensor:
+            x = x.clone()
+            b, p = _index(x, rows, positions)
+            if heads is None and site.head is None:
+                x[b, p] = _fit(values, x[b, p])
+            else:
+                h = torch.as_tensor(site.head if heads is None else heads).to(x.device)
+                h = h.view(-1, 1) if h.dim() else h
+                x[b, p, h] = _fit(values, x[b, p, h])
+            return x
+        return self.edit(handle, site, fn, prompt_only=prompt_only)
+
+    def add(self, handle: Any, site: Site, delta: torch.Tensor, positions: Positions = None,
+            rows: torch.Tensor | None = None, prompt_only: bool = False,
+            new_tokens: bool = False) -> ContextManager[None]:
+        """x[rows, positions] += delta: [d] for every row, [R, d] per row or [R, T, d] per position
+        (positions None). `new_tokens`: the forwards after the first (generation steps) get delta at
+        every position; otherwise they get the same positions (none with `prompt_only`)."""
+        if prompt_only and new_tokens:
+            raise ValueError("prompt_only and new_tokens exclude each other")
+        if site.head is not None:
+            raise ValueError("add edits a whole site; add to a head through replace")
+        calls = [0]
+
+        def fn(x: torch.Tensor) -> torch.Tensor:
+            calls[0] += 1
+            d = delta.to(x.device, x.dtype)
+            per_row = d if d.dim() == 3 else (d[:, None, :] if d.dim() == 2 else d[None, None, :])
+            if calls[0] > 1 and new_tokens:
+                return x.index_add(0, torch.as_tensor(rows).to(x.device), per_row.expand(len(rows), x.shape[1], -1)) \
+                    if rows is not None else x + per_row
+            if isinstance(positions, torch.Tensor) and positions.dtype == torch.bool:
+                m = positions.to(x.device)[..., None].to(x.dtype)
+                per_row = per_row * m
+                positions_ = None
+            else:
+                positions_ = positions
+            if positions_ is None:
+                if rows is None:
+                    return x + per_row
+                return x.index_add(0, torch.as_tensor(rows).to(x.device), per_row.expand(len(rows), x.shape[1], -1))
+            x = x.clone()
+            b, p = _index(x, rows, positions_)
+            x[b, p] = x[b, p] + per_row
+            return x
+        return self.edit(handle, site, fn, prompt_only=prompt_only)
+
+
+TORCH = TorchHooks()
+edit = TORCH.edit
+capture = TORCH.capture
+replace = TORCH.replace
+add = TORCH.add
+
+
+AttentionInputFn = Callable[[torch.Tensor, Any], Union[tuple[Union[torch.Tensor, None], Any], None]]
+
+
+@contextlib.contextmanager
+def edit_attention_input(handle: Any, layer: int, fn: AttentionInputFn) -> Iterator[None]:
+    """Call fn(hidden_states, attention_mask) on the input of block `layer`'s attention module in every
+    forward; a returned (hidden_states, attention_mask) replaces them (a None member keeps its original).
+
+    hidden_states is what the attention module reads ([batch, seq, hidden]: after the block's input
+    norm, and for GPT-NeoX's parallel residual the attention branch's input); attention_mask is the
+    mask the model built for this layer (under eager attention an additive float [batch, 1, seq, keys]
+    with the causal, padding and sliding-window masking applied; None where the model passes none).
+    The attention module is found by name like every other site, so this is generic over
+    architectures; `countlens.interp.attention` uses it to read each head's value vectors.
+    """
+    module = attention_module(handle.blocks[layer])
+
+    def pre(mod, args, kwargs):
+        x = args[0] if args else kwargs["hidden_states"]
+        new = fn(x, kwargs.get("attention_mask"))
+        if new is None:
+            return None
+        new_x, new_mask = new
+        if new_mask is not None:
+            kwargs = {**kwargs, "attention_mask": new_mask}
+        if new_x is not None:
+            if args:
+                args = (new_x, *args[1:])
+            else:
+                kwargs = {**kwargs, "hidden_states": new_x}
+        return args, kwargs
+
+    handle_ = module.register_forward_pre_hook(pre, with_kwargs=True)
+    try:
+        yield
+    finally:
+        handle_.remove()

@@ -1,0 +1,139 @@
+"""The result of every stage as plain data: the schema the engine writes and the report reads.
+
+Each result holds its tables (pandas) and its summary (the dict written as summary.json) and has
+`.to_frame()`; `.plot(dir)` is bound in the package's face (`countlens.plot`), so that figures live
+in report/ and nothing here imports the engine or matplotlib. Files a stage writes are a contract
+that notebooks read: folder names, summary keys and table columns are only ever added to.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # pandas and numpy load when a result is used, so `import countlens` stays light
+    import numpy as np
+    import pandas as pd
+
+
+@dataclass
+class DataResult:
+    """The study's dataset: its summary (balance by count, length, category) and the JSONL file."""
+    summary: dict
+    file: Path
+
+    def to_frame(self) -> pd.DataFrame:
+        """One row per example: id, category, word_list, answer, list_length, prompt, ..."""
+        import pandas as pd
+
+        from countlens.io import read_jsonl
+
+        return pd.DataFrame([obj for _, obj in read_jsonl(self.file)])
+
+
+@dataclass
+class PairsResult:
+    """The minimal pairs: the build summary and the pairs JSONL file."""
+    summary: dict
+    file: Path
+
+    def to_frame(self) -> pd.DataFrame:
+        """One row per pair: id, n_low, n_high, changed_index, low_word, high_word, token_span, n_tokens."""
+        import pandas as pd
+
+        from countlens.io import read_jsonl
+
+        rows = [{k: v for k, v in obj.items() if k not in ("low", "high")} for _, obj in read_jsonl(self.file)]
+        return pd.DataFrame(rows)
+
+
+class BenchResult(dict):
+    """{mode: BenchSummary} for the modes that ran, with the frames of all of them together."""
+
+    def to_frame(self) -> pd.DataFrame:
+        """One row per mode x model (x template): accuracy with its Wilson interval, error rates."""
+        import pandas as pd
+
+        frames = [s.to_frame().assign(mode=mode) for mode, s in self.items()]
+        return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+
+
+@dataclass
+class PatchResult:
+    """Activation patching: the long table (pair x site x layer x head x position x metric) and its summary."""
+    table: pd.DataFrame
+    summary: dict
+    options: Any = None  # the PatchOptions that produced it (None when read back from files)
+
+    def to_frame(self) -> pd.DataFrame:
+        return self.table
+
+
+@dataclass
+class SteerResult:
+    table: pd.DataFrame          # per example x vector x layer x scale: answer, expected, p_target...
+    summary: dict
+    transitions: dict            # name -> [K+1, K+1] counts (true N x steered answer)
+
+    def to_frame(self) -> pd.DataFrame:
+        return self.table
+
+
+@dataclass
+class ProbeResults:
+    """Tidy table of every number, out-of-fold predictions at `last`, and the summary."""
+
+    table: pd.DataFrame
+    predictions: pd.DataFrame
+    summary: dict
+    out: Path | None = None
+    files: dict[str, str] = field(default_factory=dict)
+
+    def to_frame(self) -> pd.DataFrame:
+        return self.table
+
+    def per_layer(self, kind: str | None = None, position: str = "last", item: int = -1) -> pd.DataFrame:
+        """Wide frame: one row per layer (emb first), one column per metric (+ _lo/_hi CIs)."""
+        import pandas as pd
+
+        kind = kind or self.summary["site"]
+        t = self.table[(self.table["probe"] == "linear") & (self.table["kind"] == kind)
+                       & (self.table["position"] == position) & (self.table["item"] == item)]
+        if t.empty:
+            return pd.DataFrame()
+        wide = t.pivot_table(index=["layer", "depth"], columns="metric", values=["value", "ci_low", "ci_high"])
+        wide.columns = [m if v == "value" else f"{m}_{'lo' if v == 'ci_low' else 'hi'}" for v, m in wide.columns]
+        return wide.reset_index().sort_values("depth").reset_index(drop=True)
+
+    def baseline(self, probe: str, metric: str = "accuracy", position: str = "last", item: int = -1) -> dict | None:
+        t = self.table[(self.table["probe"] == probe) & (self.table["metric"] == metric)
+                       & (self.table["position"] == position) & (self.table["item"] == item)]
+        if t.empty:
+            return None
+        r = t.iloc[0]
+        return {"value": float(r["value"]), "ci_low": float(r["ci_low"]), "ci_high": float(r["ci_high"])}
+
+    def running_count(self, metric: str = "accuracy", kind: str | None = None) -> pd.DataFrame:
+        """Layer x word-position grid of a metric of the running-count probe (rows in layer order)."""
+        import pandas as pd
+
+        kind = kind or self.summary["site"]
+        t = self.table[(self.table["probe"] == "linear") & (self.table["kind"] == kind)
+                       & (self.table["position"] == "items") & (self.table["metric"] == metric)]
+        if t.empty:
+            return pd.DataFrame()
+        grid = t.pivot_table(index=["depth", "layer"], columns="item", values="value").sort_index()
+        return grid.droplevel("depth")
+
+    def confusion(self, layer: Any | None = None) -> tuple[np.ndarray, list[int], Any]:
+        """Confusion matrix [true, predicted] of the last-position probe (best layer by default)."""
+        import numpy as np
+
+        layer = str(self.summary["best_layer"]["layer"] if layer is None else layer)
+        p = self.predictions[self.predictions["layer"] == layer]
+        classes = sorted(set(p["y"]).union(p["pred"]))
+        cm = np.zeros((len(classes), len(classes)), dtype=np.int64)
+        for a, b in zip(p["y"], p["pred"]):
+            cm[classes.index(a), classes.index(b)] += 1
+        return cm, classes, layer
