@@ -12,7 +12,6 @@ import os
 import tempfile
 
 import pytest
-import torch
 from torch.profiler import ProfilerActivity, profile
 
 from countlens.interp import patching

@@ -183,7 +183,8 @@ def test_steering_uses_the_probes_estimator_and_reads_their_saved_directions(tmp
     data.write_text("".join(json.dumps(r) + "\n" for r in rows[:60]))
     run_probes(model=h, data=data, out=tmp_path / "probes", layers=["2"], folds=2, figures=False)
     loaded = load_vectors(str(tmp_path / "probes"), [2], seed=0)[2]
-    assert np.allclose(loaded.means, v.means, atol=1e-4) and np.allclose(loaded.slope, v.slope, atol=1e-4)
+    scale = np.abs(v.means).max()  # the probes' store keeps activations in float16
+    assert np.abs(loaded.means - v.means).max() < 2e-3 * scale and np.abs(loaded.slope - v.slope).max() < 2e-3 * scale
     opts = dict(layers=(2,), scales=(0.0, 1.0), vectors=("mean-diff", "one-more"), generate=False)
     fitted = run_steering(h, rows, SteerOptions(**opts))
     read = run_steering(h, rows, SteerOptions(**opts, directions=str(tmp_path / "probes")))

@@ -15,7 +15,8 @@ from countlens.study.run import run_study
 SMALL = {"data": {"n": 160}, "pairs": {"n": 12}, "bench": {"n": 40},
          "patch": {"sites": ["resid", "head"], "positions": "all", "batch_size": 8},
          "probes": {"n": 160, "folds": 3}, "steer": {"n": 160, "scales": [0.0, 1.0, 2.0]}}
-SECTIONS = ["run", "bench", "patch", "probes", "steer", "caveats"]
+SECTIONS = ["findings", "bench", "patch", "probes", "steer", "lens", "dla", "attention", "atp", "mechanism",
+            "caveats", "run"]
 
 
 def small_config(tmp_path, **extra):
@@ -38,12 +39,14 @@ def study_dir(tmp_path_factory):
 def test_study_writes_every_section_with_real_numbers(study_dir):
     out, summary, _ = study_dir
     assert summary["skipped"] == [] and Path(summary["report"]).exists()
-    for stage in ("data", "pairs", "bench", "patch", "probes", "steer"):
+    for stage in ("data", "pairs", "bench", "patch", "probes", "steer", "analyses"):
         assert (out / stage / "stage.json").exists(), stage
     md = (out / "report.md").read_text()
-    for heading in ("What ran", "1. How well", "2. Where is the count causally", "3. Where can the count",
-                    "4. Can we move", "What these numbers do not show"):
-        assert heading in md
+    headings = ("## Findings", "1. How well", "2. Where is the count causally", "3. Where can the count",
+                "4. Can we move", "5. Where is the count read out", "6. Which components write",
+                "7. Which heads look", "8. Attribution patching", "9. Running counter", "What these numbers do not show",
+                "What ran")
+    assert [md.index(h) for h in headings] == sorted(md.index(h) for h in headings)  # findings first, what ran last
     assert "has not run" not in md
     bench = json.loads((out / "bench" / "generate" / "summary.json").read_text())["models"][0]
     assert f"{100 * bench['accuracy']:.1f}%" in md  # the number in the text comes from the result file
@@ -62,11 +65,35 @@ def test_summaries_agree_with_the_ones_from_before_the_architecture_change(study
     assert check(out, "organism") == []
 
 
+def test_findings_card_answers_with_numbers_from_the_stage_files(study_dir):
+    """On the organism (count in layer 2's output at the answer position): the card names layer 2 and
+    the answer position as where the count becomes causal, and every answer has its number."""
+    from countlens.report.findings import findings
+
+    out, _, _ = study_dir
+    card = {f["section"]: f["answer"] for f in findings(out)}
+    assert card["patch"].startswith("from layer 2 at the answer position")
+    patch = json.loads((out / "patch" / "summary.json").read_text())
+    assert f"{patch['per_layer'][3]['mean']:.2f}" in card["patch"]
+    assert card["bench"].startswith("yes, above chance")
+    lens = json.loads((out / "analyses" / "lens" / "summary.json").read_text())
+    assert lens["first_layer_90"] == 3 and card["lens"].startswith("from layer 3")  # the last block reads it out
+    assert abs(lens["per_layer"][-1]["accuracy"] - lens["own"]["accuracy"]) < 1e-9
+    dla = json.loads((out / "analyses" / "dla" / "summary.json").read_text())
+    assert dla["max_abs_sum_error"] < 1e-4 and "mlp.3" in card["dla"]
+    atp = {r["site"]: r for r in json.loads((out / "analyses" / "atp" / "summary.json").read_text())["agreement"]}
+    assert atp["resid"]["spearman"] >= 0.8  # AtP ranks the resid grid like exact patching (pair x cell)
+    assert card["steer"].startswith("yes") and card["mechanism"].split(" (")[0] in (
+        "running counter", "parallel aggregation", "inconclusive")
+    cells = json.loads((out / "patch" / "summary.json").read_text())["cells"]
+    assert cells["n_cells"] > 0 and 0 < cells["significant"] <= cells["n_cells"]
+
+
 def test_rerun_skips_finished_stages_and_force_reruns_one(study_dir):
     out, _, cfg_file = study_dir
     proc = run_cli("run", str(cfg_file), "--out", str(out), "--json", "--force", "steer", check=True)
     s = json.loads(proc.stdout)
-    assert set(s["skipped"]) == {"data", "pairs", "bench", "patch", "probes"}
+    assert set(s["skipped"]) == {"data", "pairs", "bench", "patch", "probes", "analyses"}
     assert set(s["timings"]) == {"steer", "report"}
 
 
@@ -80,7 +107,7 @@ def test_every_stage_result_has_a_frame_and_figures(study_dir, tmp_path):
 
     out, _, cfg_file = study_dir
     res = run_study(build_config(cfg_file), out, force=("data", "pairs", "bench"), progress=False)
-    assert set(res.stages) == set(STAGES) and set(res.skipped) == {"patch", "probes", "steer"}
+    assert set(res.stages) == set(STAGES) and set(res.skipped) == {"patch", "probes", "steer", "analyses"}
     frames = {name: r.to_frame() for name, r in res.stages.items()}
     assert all(isinstance(f, pd.DataFrame) and len(f) for f in frames.values()), {k: len(f) for k, f in frames.items()}
     data = json.loads((out / "data" / "summary.json").read_text())
@@ -104,6 +131,12 @@ def test_every_stage_result_has_a_frame_and_figures(study_dir, tmp_path):
     assert [p.name for p in res.stages["pairs"].plot(tmp_path)] == ["pairs_by_n.png"]
     assert set(res.stages["bench"].plot(tmp_path / "bench")) == {"generate", "score"}
     assert (tmp_path / "bench" / "score" / "accuracy_by_count.png").exists()
+    an = res.stages["analyses"]
+    assert set(an.results) == {"lens", "dla", "attention", "atp"} and list(frames["analyses"].analysis) == \
+        ["lens", "dla", "attention", "atp"]
+    assert frames["analyses"].set_index("analysis").loc["lens", "value"] == an["lens"].summary["first_layer_90"]
+    drawn = an.plot(tmp_path / "an")
+    assert [p.name for p in drawn["lens"]][:2] == ["lens_vs_probe.png", "lens_heatmap.png"] and drawn["dla"]
     for name in ("patch", "probes", "steer"):
         figs = res.stages[name].plot(tmp_path / name)
         assert figs and all(Path(p).stat().st_size > 1000 for p in (figs.values() if isinstance(figs, dict)

@@ -35,7 +35,7 @@ _bind_plot()
 _LAZY = {"run_bench": "countlens.bench.runner", "collect_activations": "countlens.interp.acts",
          "run_probes": "countlens.interp.probes",
          "run_patching": "countlens.interp.patching", "run_steering": "countlens.interp.steering",
-         "run_study": "countlens.study.run", "build_config": "countlens.study.config",
+         "run_study": "countlens.study.run", "run_analyses": "countlens.study.analyses", "build_config": "countlens.study.config",
          "StudyConfig": "countlens.study.config", "load_model": "countlens.models.handle"}
 
 
@@ -68,6 +68,7 @@ __all__ = [
     "run_patching",
     "run_steering",
     "run_study",
+    "run_analyses",
     "Lexicon",
     "Template",
     "build_pairs",

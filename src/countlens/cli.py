@@ -418,6 +418,40 @@ def steer(
 
 
 @app.command()
+def analyse(
+    model: str = typer.Option("organism", "--model", help="organism, a folder, or hf:NAME."),
+    data: Path = typer.Option(..., "--data", help="Examples JSONL (the lens, DLA and attention read it)."),
+    out: Path = typer.Option(..., "--out", help="Writes OUT/lens, OUT/dla, OUT/attention, OUT/atp."),
+    only: str = typer.Option("lens,dla,attention,atp", "--only", help="Comma list of lens,dla,attention,atp."),
+    n: Optional[int] = typer.Option(200, "--n", help="The first N rows of --data, in file order."),
+    pairs: Optional[Path] = typer.Option(None, "--pairs", help="Pairs JSONL for attribution patching (atp)."),
+    patch: Optional[Path] = typer.Option(None, "--patch", help="A `countlens patch` folder to compare AtP with."),
+    probes: Optional[Path] = typer.Option(None, "--probes", help="A `countlens probe` folder: its directions "
+                                          "(alignment with the digit readout) and accuracy beside the lens."),
+    batch_size: int = typer.Option(16, "--batch-size"),
+    template: Optional[str] = typer.Option(None, "--template"),
+    prompt_format: str = typer.Option("auto", "--prompt-format"),
+    device: Optional[str] = typer.Option(None, "--device"),
+    dtype: Optional[str] = typer.Option(None, "--dtype"),
+    device_map: Optional[str] = typer.Option(None, "--device-map"),
+    as_json: bool = JSON,
+) -> None:
+    """Logit lens, direct logit attribution, attention to the items and attribution patching."""
+    check_model(model)
+    warn_short(n, count_rows(data, n), "rows", data)
+    from countlens.models.handle import load
+    from countlens.study.analyses import run_analyses
+
+    which = tuple(x.strip() for x in only.split(",") if x.strip())
+    handle = load(model, device=device, dtype=dtype, device_map=device_map, prompt_format=prompt_format)
+    res = run_analyses(handle, out, data=data, n=n, which=which, batch_size=batch_size, template=template,
+                       pairs=pairs, patch=patch, probes=probes, log=log)
+    summary = {k: r.summary for k, r in res.results.items()} | {"out": str(out), "model": model}
+    human = [f"{row['analysis']}: {row['quantity']}: {row['value']}" for row in res.to_frame().to_dict("records")]
+    emit(summary, as_json, "\n".join(human + [f"wrote {out}"]))
+
+
+@app.command()
 def run(
     config: Optional[Path] = typer.Argument(None, help="Study config YAML (start one with --print-config)."),
     model: Optional[str] = typer.Option(None, "--model", help="organism, a folder, or hf:NAME."),

@@ -84,3 +84,9 @@ def short_warning(asked: int | None, got: int, what: str, source: Any) -> str | 
     if asked is None or got >= asked:
         return None
     return f"warning: --n {asked} asked, but {source} holds only {got} {what}; running on {got}"
+
+
+def write_parquet(path: str | Path, frame) -> None:
+    """A DataFrame as Parquet, complete or absent."""
+    with atomic_path(Path(path)) as tmp:
+        frame.to_parquet(tmp, index=False)

@@ -65,6 +65,7 @@ class PatchResult:
     table: pd.DataFrame
     summary: dict
     options: Any = None  # the PatchOptions that produced it (None when read back from files)
+    cells: pd.DataFrame | None = None  # per-cell statistics (cells.parquet): CI, sign-flip p, corrected p
 
     def to_frame(self) -> pd.DataFrame:
         return self.table
@@ -137,3 +138,87 @@ class ProbeResults:
         for a, b in zip(p["y"], p["pred"]):
             cm[classes.index(a), classes.index(b)] += 1
         return cm, classes, layer
+
+
+@dataclass
+class _Analysis:
+    """An analysis result: a tidy `table` (table.parquet) and its `summary` (summary.json, with the
+    options that produced it)."""
+    table: pd.DataFrame
+    summary: dict
+    WHAT = "analysis"
+
+    def to_frame(self) -> pd.DataFrame:
+        return self.table
+
+    def save(self, out: str | Path) -> Path:
+        """table.parquet and summary.json into `out` (each complete or absent); returns `out`."""
+        from countlens.io import write_json, write_parquet
+
+        out = Path(out)
+        out.mkdir(parents=True, exist_ok=True)
+        write_parquet(out / "table.parquet", self.table)
+        write_json(out / "summary.json", self.summary)
+        return out
+
+    @classmethod
+    def _read(cls, out: str | Path) -> tuple[Path, pd.DataFrame, dict]:
+        import json
+
+        import pandas as pd
+
+        from countlens.errors import InputError
+
+        out = Path(out)
+        if not (out / "summary.json").exists():
+            raise InputError(f"no {cls.WHAT} result here (summary.json is missing)", file=str(out))
+        return out, pd.read_parquet(out / "table.parquet"), json.loads((out / "summary.json").read_text())
+
+    @classmethod
+    def load(cls, out: str | Path):
+        _, table, summary = cls._read(out)
+        return cls(table=table, summary=summary)
+
+
+@dataclass
+class LensResult(_Analysis):
+    """The logit lens: `table` one row per layer x position x metric; `summary` the answer position per
+    layer, the model's own accuracy, the first layer at 90 % of it; `alignment` (with count directions):
+    the cosine of each direction with each digit's readout direction (alignment.parquet)."""
+    alignment: pd.DataFrame | None = None
+    WHAT = "logit-lens"
+
+    def save(self, out: str | Path) -> Path:
+        from countlens.io import write_parquet
+
+        out = super().save(out)
+        if self.alignment is not None:
+            write_parquet(out / "alignment.parquet", self.alignment)
+        return out
+
+    @classmethod
+    def load(cls, out: str | Path) -> LensResult:
+        import pandas as pd
+
+        out, table, summary = cls._read(out)
+        al = out / "alignment.parquet"
+        return cls(table=table, summary=summary, alignment=pd.read_parquet(al) if al.exists() else None)
+
+
+@dataclass
+class DLAResult(_Analysis):
+    """Direct logit attribution: one row per component (mean over rows, bootstrap 95 % interval); the
+    summary has the total, the top heads and MLPs and the remainders' share."""
+    WHAT = "attribution"
+
+
+@dataclass
+class AttentionResult(_Analysis):
+    """Attention to matching vs non-matching items: query x weighting x layer x head x measure."""
+    WHAT = "attention"
+
+
+@dataclass
+class AtPResult(_Analysis):
+    """Attribution patching: exact patching's long table (plus the `delta_ld` estimate) and summary."""
+    WHAT = "attribution-patching"

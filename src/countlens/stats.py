@@ -49,3 +49,65 @@ def wilson_ci(successes: int, n: int, level: float = 0.95) -> tuple[float, float
 def interval_label(level: float = 0.95) -> str:
     """How summaries name the proportion interval, e.g. 'wilson 95%'."""
     return f"{WILSON} {100 * level:g}%"
+
+
+def holm(p: np.ndarray) -> np.ndarray:
+    """Holm's step-down adjusted p-values (same order as given; NaNs stay NaN and are not counted)."""
+    p = np.asarray(p, dtype=float)
+    out = np.full(p.shape, np.nan)
+    ok = np.flatnonzero(np.isfinite(p))
+    m = len(ok)
+    if m == 0:
+        return out
+    order = ok[np.argsort(p[ok], kind="stable")]
+    adj = np.maximum.accumulate((m - np.arange(m)) * p[order])
+    out[order] = np.minimum(adj, 1.0)
+    return out
+
+
+def benjamini_hochberg(p: np.ndarray) -> np.ndarray:
+    """Benjamini-Hochberg adjusted p-values (q-values; same order; NaNs stay NaN and are not counted)."""
+    p = np.asarray(p, dtype=float)
+    out = np.full(p.shape, np.nan)
+    ok = np.flatnonzero(np.isfinite(p))
+    m = len(ok)
+    if m == 0:
+        return out
+    order = ok[np.argsort(p[ok], kind="stable")]
+    adj = np.minimum.accumulate((p[order] * m / np.arange(1, m + 1))[::-1])[::-1]
+    out[order] = np.minimum(adj, 1.0)
+    return out
+
+
+def bootstrap_cells(values: np.ndarray, n_boot: int = 2000, seed: int = 0, alpha: float = 0.05,
+                    chunk: int = 500) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(mean, low, high) per column of values [n_units, n_cells] (NaN = missing): percentile bootstrap
+    over units with one resampling shared by every column."""
+    x = np.asarray(values, dtype=float)
+    present = np.isfinite(x)
+    x0 = np.where(present, x, 0.0)
+    n_units = x.shape[0]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        mean = x0.sum(0) / present.sum(0)
+    if n_units == 0:
+        return mean, mean.copy(), mean.copy()
+    rng = np.random.default_rng(seed)
+    counts = rng.multinomial(n_units, np.full(n_units, 1.0 / n_units), size=n_boot).astype(float)
+    boots = np.empty((n_boot, x.shape[1]))
+    complete = bool(present.all())
+    pf = present.astype(float)
+    for i in range(0, n_boot, chunk):
+        c = counts[i:i + chunk]
+        with np.errstate(invalid="ignore", divide="ignore"):
+            boots[i:i + chunk] = (c @ x0) / (n_units if complete else c @ pf)
+    qs = [alpha / 2, 1 - alpha / 2]
+    lo = np.full(x.shape[1], np.nan)
+    hi = np.full(x.shape[1], np.nan)
+    finite = np.isfinite(boots)
+    full = finite.all(0)  # nanquantile is slow: only for cells a resample can leave without a unit
+    if full.any():
+        lo[full], hi[full] = np.quantile(boots[:, full], qs, axis=0)
+    part = finite.any(0) & ~full
+    if part.any():
+        lo[part], hi[part] = np.nanquantile(boots[:, part], qs, axis=0)
+    return mean, lo, hi

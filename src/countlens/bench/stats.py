@@ -61,15 +61,10 @@ def mcnemar_exact(b: int, c: int) -> float:
 
 
 def holm(pvalues: list[float]) -> list[float]:
-    """Holm's step-down adjustment of a family of p-values (same order as given)."""
-    m = len(pvalues)
-    order = sorted(range(m), key=lambda i: pvalues[i])
-    out = [1.0] * m
-    running = 0.0
-    for rank, i in enumerate(order):
-        running = max(running, min(1.0, (m - rank) * pvalues[i]))
-        out[i] = running
-    return out
+    """Holm's step-down adjustment of a family of p-values (same order as given): `countlens.stats.holm`."""
+    from countlens.stats import holm as _holm
+
+    return [float(x) for x in _holm(np.asarray(pvalues, dtype=float))] if pvalues else []
 
 
 def paired_compare(a: np.ndarray, b: np.ndarray, n_boot: int = N_BOOT, seed: int = SEED) -> Paired:

@@ -725,7 +725,65 @@ def run_patching(handle: ModelHandle, pairs: list[dict], opts: PatchOptions | No
     stats["_ratio_of_means"] = ratio
     pair_ld = pd.DataFrame(ld_rows, columns=["pair", "direction", "ld_base", "ld_source"])
     stats["example"] = example_tokens(handle, kept)
-    return PatchResult(table=table, summary=summarize(table, opts, stats, pair_ld), options=opts)
+    summary = summarize(table, opts, stats, pair_ld)
+    cells = patch_cells(table, pair_ld, summary["direction"], opts)
+    summary["cells"] = cells_summary(cells)
+    return PatchResult(table=table, summary=summary, options=opts, cells=cells)
+
+
+CELL_METRIC = "change in logit difference (patched - base)"
+
+
+def patch_cells(table: pd.DataFrame, pair_ld: pd.DataFrame, direction: str, opts: PatchOptions) -> pd.DataFrame:
+    """Per cell (site, layer, head, position) of the grid: the mean change in logit difference over pairs
+    with a bootstrap 95 % CI, a sign-flip test against zero and the Benjamini-Hochberg correction over
+    every cell of the site kind's grid (one heatmap, one family; interp/cellstats.py), so a heatmap can
+    show which cells are real. With named positions a cell is a named position (pairs differ in
+    length, so offsets differ). With n pairs no p is below 2 / 2^n (n <= 12) or 1 / 5001: a small
+    study can have no significant cell at all, and the summary says how many there are."""
+    from countlens.interp.cellstats import cell_stats
+
+    t = table[(table.metric == "logit_diff") & (table.direction == direction)]
+    base = pair_ld[pair_ld.direction == direction].set_index("pair").ld_base
+    t = t.assign(delta=t.value - t.pair.map(base))
+    where = "position_name" if opts.positions == "named" else "position"
+    key = ["site", "layer", "head", where]
+    # a cell every pair leaves exactly unchanged (before the changed word, where the patch is a no-op)
+    # is no test: it is left out of the grid and of its correction
+    live = t.assign(a=t.delta.abs()).groupby(key).a.transform("max") > 0
+    t = t[live]
+    # one family per site kind: each is its own heatmap, read as one screen
+    parts = [cell_stats(t[t.site == site], value="delta", cells=("site", "layer", "head", where),
+                        n_boot=min(opts.n_boot, 1000), n_perm=5000, seed=opts.seed) for site in dict.fromkeys(t.site)]
+    cells = pd.concat(parts, ignore_index=True)
+    cells.attrs = {**parts[0].attrs, "n_cells": int(sum(p.attrs["n_cells"] for p in parts)),
+                   "families": "one per site kind"}
+    if where == "position_name":  # the answer's offset, so every cell has a position
+        cells.insert(3, "position", np.where(cells.position_name == "answer", -1, 0))
+    else:
+        names = t.drop_duplicates(["site", "layer", "head", "position"]).set_index(
+            ["site", "layer", "head", "position"]).position_name
+        cells.insert(4, "position_name", [names.get((r.site, r.layer, r.head, r.position), "")
+                                          for r in cells.itertuples()])
+    return cells
+
+
+def cells_summary(cells: pd.DataFrame, top: int = 10) -> dict:
+    """How many cells the correction keeps, and the strongest ones at the answer position per site."""
+    at_answer = cells[cells.position_name == "answer"] if "answer" in set(cells.position_name) \
+        else cells[cells.position == -1]
+    best = {}
+    for site in dict.fromkeys(cells.site):
+        c = at_answer[(at_answer.site == site) & at_answer.significant]
+        c = c.reindex(c["mean"].abs().sort_values(ascending=False).index).head(top)
+        best[site] = [{"layer": parse_layer(r.layer), "head": None if r.head < 0 else int(r.head),
+                       "mean": float(r.mean), "ci_low": float(r.ci_low), "ci_high": float(r.ci_high),
+                       "p_adj": float(r.p_adj)} for r in c.itertuples()]
+    return {"metric": CELL_METRIC, "test": "two-sided sign-flip test of mean = 0 over pairs",
+            "correction": cells.attrs.get("correction", "bh"), "families": cells.attrs.get("families"),
+            "alpha": cells.attrs.get("alpha", 0.05),
+            "n_cells": int(len(cells)), "significant": int(cells.significant.sum()),
+            "p_floor": cells.attrs.get("p_floor"), "top_at_answer": best}
 
 
 def example_tokens(handle: ModelHandle, enc: EncodedPairs) -> dict | None:
@@ -776,6 +834,9 @@ def save_result(result: PatchResult, out: str | Path) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     with atomic_path(out / "table.parquet") as tmp:
         result.table.to_parquet(tmp, index=False)
+    if result.cells is not None:
+        with atomic_path(out / "cells.parquet") as tmp:
+            result.cells.to_parquet(tmp, index=False)
     summary = result.summary | {"options": asdict(result.options)}
     figures = [str(p) for p in result.plot(out)]
     summary["figures"] = figures

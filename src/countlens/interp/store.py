@@ -31,7 +31,7 @@ import pandas as pd
 
 from countlens.errors import InputError
 from countlens.sites import Site
-from countlens.io import atomic_path, write_json
+from countlens.io import write_json, write_parquet
 
 FORMAT = "countlens-acts/1"
 POSITION_KINDS = ("last", "items", "prefix")
@@ -41,11 +41,6 @@ INDEX_COLUMNS = ("row", "example", "position", "item", "token", "running_count",
 
 def site_file(root: Path, site: str) -> Path:
     return Path(root) / "acts" / f"{site}.f16"
-
-
-def write_parquet(path: Path, frame: pd.DataFrame) -> None:
-    with atomic_path(path) as tmp:
-        frame.to_parquet(tmp, index=False)
 
 
 @dataclass

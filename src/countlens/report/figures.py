@@ -7,7 +7,8 @@ from pathlib import Path
 from typing import Any
 
 from countlens.bench.results import BenchSummary
-from countlens.results import BenchResult, DataResult, PairsResult, PatchResult, ProbeResults, SteerResult
+from countlens.results import (AttentionResult, BenchResult, DataResult, DLAResult, LensResult, PairsResult,
+                               PatchResult, ProbeResults, SteerResult)
 
 
 def plot(result: Any, out_dir: str | Path = ".") -> Any:
@@ -16,7 +17,7 @@ def plot(result: Any, out_dir: str | Path = ".") -> Any:
     if isinstance(result, PatchResult):
         from countlens.report.patch_figures import patch_figures
 
-        return patch_figures(result.table, result.summary, out_dir)
+        return patch_figures(result.table, result.summary, out_dir, cells=result.cells)
     if isinstance(result, SteerResult):
         from countlens.report.steer_figures import steer_figures
 
@@ -40,7 +41,20 @@ def plot(result: Any, out_dir: str | Path = ".") -> Any:
 
         by = result.summary.get("by_n_low") or result.to_frame().n_low.value_counts().sort_index().to_dict()
         return pairs_figures(result.summary, by, out_dir)
+    if isinstance(result, LensResult):
+        from countlens.report.lens_figures import lens_figures
+
+        return lens_figures(result.table, result.summary, out_dir)
+    if isinstance(result, DLAResult):
+        from countlens.report.dla_figures import dla_figures
+
+        return dla_figures(result.table, result.summary, out_dir)
+    if isinstance(result, AttentionResult):
+        from countlens.report.attention_figures import attention_figures
+
+        return attention_figures(result.table, result.summary, out_dir)
     raise TypeError(f"nothing to plot for a {type(result).__name__}")
 
 
-PLOTTABLE = (PatchResult, SteerResult, ProbeResults, BenchSummary, BenchResult, DataResult, PairsResult)
+PLOTTABLE = (PatchResult, SteerResult, ProbeResults, BenchSummary, BenchResult, DataResult, PairsResult, LensResult,
+             DLAResult, AttentionResult)

@@ -6,30 +6,18 @@ README's results table, so `benchmarks/readme_numbers.py` can regenerate it from
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
+
+from countlens.report.fmt import load as _load
+from countlens.report.fmt import num as _f
 
 COMPLETE = 0.95   # the normalised effect at which the README calls the count "complete" at a layer
 
 
-def _load(path: Path) -> dict | None:
-    return json.loads(path.read_text()) if path.exists() else None
-
-
 def _p(x: Any, nd: int = 1) -> str:
     """A proportion as a percentage number without the sign of a rounded zero: 0.9876 -> '98.8'."""
-    if x is None or x != x:
-        return "n/a"
-    text = f"{100 * float(x):.{nd}f}"
-    return text[1:] if text.startswith("-") and float(text) == 0 else text
-
-
-def _f(x: Any, nd: int = 2) -> str:
-    if x is None or x != x:
-        return "n/a"
-    text = f"{float(x):.{nd}f}"
-    return text[1:] if text.startswith("-") and float(text) == 0 else text
+    return "n/a" if x is None or x != x else _f(100 * float(x), nd)
 
 
 def _g(x: float) -> str:

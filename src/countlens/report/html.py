@@ -13,30 +13,14 @@ from pathlib import Path
 from typing import Any
 
 from countlens.io import write_text
+from countlens.report.fmt import BOOT, WILSON
+from countlens.report.fmt import load as _load
+from countlens.report.fmt import num as _num
+from countlens.report.fmt import pct as _pct
+from countlens.report.analyses_sections import analyses_sections
+from countlens.report.findings import chance_levels, counts_above_chance, findings_block
 
 Block = tuple[str, Any]  # ("h2", (id, text)) | ("p", text) | ("table", (header, rows)) | ("fig", (path, caption))
-
-
-def _load(path: Path) -> dict | None:
-    return json.loads(path.read_text()) if path.exists() else None
-
-
-WILSON = "Wilson 95 % interval"
-BOOT = "bootstrap 95 % CI"
-
-
-def _pct(x: Any) -> str:
-    if x is None or x != x:
-        return "n/a"
-    text = f"{100 * float(x):.1f}"
-    return (text[1:] if text.startswith("-") and float(text) == 0 else text) + "%"  # no "-0.0%"
-
-
-def _num(x: Any, nd: int = 2) -> str:
-    if x is None or x != x:
-        return "n/a"
-    text = f"{float(x):.{nd}f}"
-    return text[1:] if text.startswith("-") and float(text) == 0 else text  # no "-0.00"
 
 
 def _ci(e: dict, key="accuracy", lo="ci_low", hi="ci_high", pct=True) -> str:
@@ -123,28 +107,6 @@ def preset_plan(cfg: Any) -> str:
             f"{' on layers ' + ','.join(cfg.probes.layers) if getattr(cfg.probes, 'layers', None) else ''}; "
             f"steering {cfg.steer.n} examples on layers {', '.join(s.layers) if s.layers else 'all'}, scales "
             f"{', '.join(f'{x:g}' for x in s.scales)}")
-
-
-def chance_levels(out: Path) -> dict:
-    """Uniform chance over the answers 0..K and the majority-class rate of the data."""
-    data = _load(out / "data" / "summary.json") or {}
-    by = {int(k): v for k, v in (data.get("by_count") or {}).items()}
-    if not by:
-        return {}
-    return {"uniform": 1 / (max(by) + 1), "majority": max(by.values()) / sum(by.values()), "k": max(by)}
-
-
-def counts_above_chance(out: Path) -> bool | None:
-    """True when every benchmark mode's accuracy interval lies above both chance levels."""
-    ch = chance_levels(out)
-    lows = []
-    for mode in ("generate", "score"):
-        s = _load(out / "bench" / mode / "summary.json")
-        for m in (s or {}).get("models", []):
-            lows.append(m.get("ci_low"))
-    if not lows or not ch or any(x is None for x in lows):
-        return None
-    return min(lows) > max(ch["uniform"], ch["majority"])
 
 
 def bench_section(out: Path) -> list[Block]:
@@ -388,8 +350,12 @@ def caveats(cfg: Any) -> list[Block]:
 
 
 def build_blocks(out: Path, cfg: Any) -> list[Block]:
-    return [("h1", f"countlens study: {cfg.model}"), *run_section(out, cfg), *bench_section(out),
-            *patch_section(out), *probe_section(out), *steer_section(out), *caveats(cfg)]
+    """Findings first; then each stage's section; what the numbers do not show; what ran, last."""
+    from countlens.report.mechanism_section import mechanism_section
+
+    return [("h1", f"countlens study: {cfg.model}"), *findings_block(out), *bench_section(out),
+            *patch_section(out), *probe_section(out), *steer_section(out), *analyses_sections(out),
+            *mechanism_section(out), *caveats(cfg), *run_section(out, cfg)]
 
 
 def _md(blocks: list[Block], out: Path) -> str:
@@ -406,6 +372,11 @@ def _md(blocks: list[Block], out: Path) -> str:
             lines.append("| " + " | ".join(header) + " |")
             lines.append("|" + "---|" * len(header))
             lines += ["| " + " | ".join(str(c) for c in r) + " |" for r in rows]
+            lines.append("")
+        elif kind == "findings":
+            lines.append("| question | answer |")
+            lines.append("|---|---|")
+            lines += [f"| [{q}]({link}) | {a} |" for q, a, link in v]
             lines.append("")
         elif kind == "fig":
             path, cap = v
@@ -438,6 +409,10 @@ def _html(blocks: list[Block]) -> str:
             parts.append("<table><tr>" + "".join(f"<th>{html.escape(str(h))}</th>" for h in header) + "</tr>"
                          + "".join("<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in r) + "</tr>"
                                    for r in rows) + "</table>")
+        elif kind == "findings":
+            parts.append("<table class='findings'>" + "".join(
+                f"<tr><th><a href='{html.escape(link)}'>{html.escape(q)}</a></th><td>{html.escape(a)}</td></tr>"
+                for q, a, link in v) + "</table>")
         elif kind == "fig":
             path, cap = v
             data = base64.b64encode(Path(path).read_bytes()).decode()

@@ -51,7 +51,28 @@ def position_labels(columns: list, example: dict, named: bool = False) -> tuple[
     return labels, changed
 
 
-def patch_figures(table: pd.DataFrame, summary: dict, out_dir: str | Path) -> list[Path]:
+def _mark_significant(ax, grid: pd.DataFrame, cells: pd.DataFrame | None, site: str, key: str) -> bool:
+    """A dot on every cell whose effect survives the grid's correction (cells.parquet); True if drawn."""
+    if cells is None or not len(cells):
+        return False
+    c = cells[(cells.site == site) & cells.significant]
+    if key != "head":
+        c = c[c["head"] < 0]
+    keys = set(zip(c.layer.astype(str), c[key]))
+    ys, xs = [], []
+    for i, layer in enumerate(grid.index):
+        for j, col in enumerate(grid.columns):
+            if (str(layer), col) in keys:
+                ys.append(i)
+                xs.append(j)
+    ax.scatter(xs, ys, s=6, color="black", marker="o", linewidths=0)
+    return True
+
+
+def patch_figures(table: pd.DataFrame, summary: dict, out_dir: str | Path,
+                  cells: pd.DataFrame | None = None) -> list[Path]:
+    """Per-layer curve, layer x position heatmaps per site and the head grid; with `cells` (per-cell
+    statistics) a dot marks each cell that survives the multiple-comparison correction."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     paths: list[Path] = []
@@ -104,7 +125,9 @@ def patch_figures(table: pd.DataFrame, summary: dict, out_dir: str | Path) -> li
                       "(-1 = the answer position; red = the changed word)" if example.get("tokens") else
                       "position (offset from the answer position; -1 = last)")
         ax.set_ylabel("layer")
-        ax.set_title(f"{site}: normalised effect by layer x position ({direction})")
+        dots = _mark_significant(ax, grid, cells, site, key)
+        ax.set_title(f"{site}: normalised effect by layer x position ({direction})"
+                     + ("; dot: significant after BH correction" if dots else ""))
         fig.colorbar(im, ax=ax, shrink=0.8)
         paths.append(save(fig, out_dir / f"patch_heatmap_{site}.png"))
     # head heatmap at the last position
@@ -119,7 +142,10 @@ def patch_figures(table: pd.DataFrame, summary: dict, out_dir: str | Path) -> li
         ax.set_xticks(range(grid.shape[1]), grid.columns)
         ax.set_xlabel("head")
         ax.set_ylabel("layer")
-        ax.set_title(f"per-head patching at the last position ({direction})")
+        answer = None if cells is None else cells[cells.position == -1]
+        dots = _mark_significant(ax, grid, answer, "head", "head")
+        ax.set_title(f"per-head patching at the last position ({direction})"
+                     + ("; dot: significant" if dots else ""))
         fig.colorbar(im, ax=ax, shrink=0.8)
         paths.append(save(fig, out_dir / "patch_heads.png"))
     return paths

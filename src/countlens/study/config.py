@@ -81,6 +81,14 @@ class SteerConfig(_Strict):
     batch_size: int = 64
 
 
+class AnalysesConfig(_Strict):
+    """The analyses of the counting literature (docs/ANALYSES.md): logit lens, direct logit attribution,
+    attention to the items, attribution patching (on the patching stage's pairs and grid)."""
+    n: int = Field(200, ge=20)               # examples for the lens, DLA and attention
+    run: list[Literal["lens", "dla", "attention", "atp"]] = ["lens", "dla", "attention", "atp"]
+    batch_size: int = 16
+
+
 class StudyConfig(_Strict):
     _explicit: set = PrivateAttr(default_factory=set)   # dotted keys the user set (YAML or flags)
     model: str = "organism"
@@ -98,6 +106,7 @@ class StudyConfig(_Strict):
     patch: PatchConfig = PatchConfig()
     probes: ProbeConfig = ProbeConfig()
     steer: SteerConfig = SteerConfig()
+    analyses: AnalysesConfig = AnalysesConfig()
 
     @property
     def memory_budget_bytes(self) -> int:
@@ -107,7 +116,8 @@ class StudyConfig(_Strict):
         """Hash of everything that can change a stage's output (its section + model + upstream)."""
         upstream = {"data": ["data"], "pairs": ["data", "pairs"], "bench": ["data", "bench"],
                     "patch": ["data", "pairs", "patch"], "probes": ["data", "probes"],
-                    "steer": ["data", "steer"], "report": []}[stage]
+                    "steer": ["data", "steer"], "analyses": ["data", "pairs", "patch", "probes", "analyses"],
+                    "report": []}[stage]
         d = self.model_dump()
         key = {"model": d["model"], "template": d["template"], "prompt_format": d["prompt_format"],
                "dtype": d["dtype"], **{s: d[s] for s in upstream}}
@@ -133,7 +143,8 @@ PROBE_LAYERS = 11
 STEER_LAYERS = 8
 DEEP_GENERATE_N = 50
 NAMED_LAYERS = 11
-DEEP_QUICK_SIZES = {"pairs.n": 32, "bench.n": 200, "probes.n": 400, "steer.n": 320, "steer.batch_size": 16}
+DEEP_QUICK_SIZES = {"pairs.n": 32, "bench.n": 200, "probes.n": 400, "steer.n": 320, "steer.batch_size": 16,
+                    "analyses.n": 120}
 
 
 def spread_layers(n_layers: int, k: int) -> list[str]:

@@ -69,7 +69,9 @@ def load_stage(out: str | Path, stage: str) -> Any:
             return None
         summary = _json(d / "summary.json")
         summary.pop("options", None)
-        return PatchResult(table=pd.read_parquet(d / "table.parquet"), summary=summary)
+        cells = d / "cells.parquet"
+        return PatchResult(table=pd.read_parquet(d / "table.parquet"), summary=summary,
+                           cells=pd.read_parquet(cells) if cells.exists() else None)
     if stage == "probes":
         if not (d / "probes.parquet").exists():
             return None
@@ -81,6 +83,10 @@ def load_stage(out: str | Path, stage: str) -> Any:
             return None
         return SteerResult(table=pd.read_parquet(d / "table.parquet"), summary=_json(d / "summary.json"),
                            transitions=_json(d / "transitions.json"))
+    if stage == "analyses":
+        from countlens.study.analyses import load_analyses
+
+        return load_analyses(d)
     if stage == "report":
         return ReportResult(out / "report.html", out / "report.md", out) if (out / "report.html").exists() else None
     raise ValueError(f"unknown stage {stage!r}")

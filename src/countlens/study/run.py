@@ -1,4 +1,4 @@
-"""Run the study: data -> pairs -> bench -> patch -> probes (acts inside) -> steer -> report.
+"""Run the study: data -> pairs -> bench -> patch -> probes (acts inside) -> steer -> analyses -> report.
 
 Each stage writes into DIR/<stage>/ and finishes by writing DIR/<stage>/stage.json with the
 hash of the config that produced it; a stage whose stage.json matches is skipped, so a
@@ -21,7 +21,7 @@ from countlens.io import write_json
 from countlens.study.config import StudyConfig, fit_to_model
 from countlens.study.results import BenchResult, DataResult, PairsResult, ReportResult, load_stage
 
-STAGES = ("data", "pairs", "bench", "patch", "probes", "steer", "report")
+STAGES = ("data", "pairs", "bench", "patch", "probes", "steer", "analyses", "report")
 
 
 @dataclass
@@ -153,6 +153,15 @@ class Study:
         result = run_steering(self.handle, rows, opts)
         save_steering(result, d)
         return result
+
+    def analyses(self, d: Path) -> Any:
+        from countlens.study.analyses import run_analyses
+
+        c = self.cfg.analyses
+        return run_analyses(self.handle, d, data=self.data_file, n=c.n, which=tuple(c.run),
+                            batch_size=c.batch_size, template=self.cfg.template,
+                            pairs=self.out / "pairs" / "pairs.jsonl", patch=self.out / "patch",
+                            probes=self.out / "probes", patch_config=self.cfg.patch, log=self.log)
 
     def report(self, d: Path) -> Any:
         from countlens.report.html import write_report
