@@ -203,7 +203,10 @@ def test_readme_numbers_script_prints_the_study_table_and_updates_only_its_block
 
 
 def test_interrupted_run_resumes_without_redoing_finished_stages(tmp_path):
-    cfg = build_config(small_config(tmp_path), bench={"n": 20, "modes": ["score"]})
+    cfg = build_config(small_config(tmp_path), bench={"n": 20, "modes": ["score"]},  # resuming is the point: small
+                       patch={"sites": ["resid"], "positions": "last", "generate": False},
+                       probes={"n": 60, "folds": 2}, steer={"n": 60, "scales": [0.0, 1.0], "generate": False},
+                       analyses={"n": 40, "run": ["lens"]})
     out = tmp_path / "run"
     import countlens.study.run as runmod
 
@@ -226,7 +229,7 @@ def test_interrupted_run_resumes_without_redoing_finished_stages(tmp_path):
     assert result.skipped == ["data", "pairs", "bench"]
     assert json.loads((out / "bench" / "stage.json").read_text()) == done
     assert (out / "patch" / "stage.json").exists() and result.report.exists()
-    assert set(result.stages["patch"].to_frame().site) == {"resid", "head"}
+    assert set(result.stages["patch"].to_frame().site) == {"resid"}
 
 
 def test_config_errors_name_the_field(tmp_path):

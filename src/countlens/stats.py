@@ -51,32 +51,25 @@ def interval_label(level: float = 0.95) -> str:
     return f"{WILSON} {100 * level:g}%"
 
 
-def holm(p: np.ndarray) -> np.ndarray:
-    """Holm's step-down adjusted p-values (same order as given; NaNs stay NaN and are not counted)."""
+def _adjust(p: np.ndarray, step) -> np.ndarray:
+    """Adjusted p-values in the given order; NaNs stay NaN and are not counted in the family."""
     p = np.asarray(p, dtype=float)
     out = np.full(p.shape, np.nan)
     ok = np.flatnonzero(np.isfinite(p))
-    m = len(ok)
-    if m == 0:
-        return out
-    order = ok[np.argsort(p[ok], kind="stable")]
-    adj = np.maximum.accumulate((m - np.arange(m)) * p[order])
-    out[order] = np.minimum(adj, 1.0)
+    if len(ok):
+        order = ok[np.argsort(p[ok], kind="stable")]
+        out[order] = np.minimum(step(p[order], len(ok)), 1.0)
     return out
+
+
+def holm(p: np.ndarray) -> np.ndarray:
+    """Holm's step-down adjustment (family-wise error)."""
+    return _adjust(p, lambda q, m: np.maximum.accumulate((m - np.arange(m)) * q))
 
 
 def benjamini_hochberg(p: np.ndarray) -> np.ndarray:
-    """Benjamini-Hochberg adjusted p-values (q-values; same order; NaNs stay NaN and are not counted)."""
-    p = np.asarray(p, dtype=float)
-    out = np.full(p.shape, np.nan)
-    ok = np.flatnonzero(np.isfinite(p))
-    m = len(ok)
-    if m == 0:
-        return out
-    order = ok[np.argsort(p[ok], kind="stable")]
-    adj = np.minimum.accumulate((p[order] * m / np.arange(1, m + 1))[::-1])[::-1]
-    out[order] = np.minimum(adj, 1.0)
-    return out
+    """Benjamini-Hochberg adjustment (false discovery rate; q-values)."""
+    return _adjust(p, lambda q, m: np.minimum.accumulate((q * m / np.arange(1, m + 1))[::-1])[::-1])
 
 
 def bootstrap_cells(values: np.ndarray, n_boot: int = 2000, seed: int = 0, alpha: float = 0.05,

@@ -57,7 +57,7 @@ from pydantic import BaseModel, ConfigDict
 
 from countlens.errors import InputError
 from countlens.results import AtPResult
-from countlens.interp.patching import (MIN_KEPT_PAIRS, EncodedPairs, PatchOptions, baseline_keep, encode_pairs,
+from countlens.interp.patching import (EncodedPairs, PatchOptions, select_pairs,
                                        resolve_named, resolve_positions, sweep_configs)
 from countlens.models import hooks
 from countlens.models.handle import ModelHandle, keep_logits, pad_left
@@ -190,18 +190,7 @@ def run_atp(handle: ModelHandle, pairs: list[dict], options: AtPOptions | None =
     t0 = time.perf_counter()
     popts = PatchOptions(sites=opts.sites, layers=opts.layers, directions=opts.directions, filter=opts.filter,
                          k_samples=opts.k_samples, batch_size=opts.batch_size, seed=opts.seed, template=opts.template)
-    enc = encode_pairs(handle, pairs, opts.template)
-    if not enc.ids:
-        raise InputError(f"none of the {len(pairs)} pairs is token-aligned under this model's tokenizer")
-    keep = baseline_keep(handle, enc, popts) if opts.filter != "none" else [True] * len(enc.ids)
-    fallback = None
-    if opts.filter != "none" and sum(keep) < min(MIN_KEPT_PAIRS, len(enc.ids)):
-        fallback = (f"only {sum(keep)} of {len(enc.ids)} aligned pairs are answered correctly on both prompts "
-                    f"(filter '{opts.filter}'); estimated all {len(enc.ids)} aligned pairs instead")
-        if log:
-            log(f"atp: {fallback}")
-        keep = [True] * len(enc.ids)
-    kept = enc.subset(keep)
+    enc, kept, _, fallback = select_pairs(handle, pairs, popts, "estimated", log)
     configs = sweep_configs(handle, opts.sites, opts.layers)
     order = sorted(range(len(kept.ids)), key=lambda i: len(kept.low[i]))   # exact patching's batches
     frames, batches = [], 0

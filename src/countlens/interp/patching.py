@@ -659,6 +659,27 @@ def summarize(table: pd.DataFrame, opts: PatchOptions, stats: dict, pair_ld: pd.
             **stats}
 
 
+def select_pairs(handle: ModelHandle, pairs: list[dict], opts: PatchOptions, verb: str = "patched",
+                 log: Callable[[str], None] | None = None) -> tuple[EncodedPairs, EncodedPairs, int | None, str | None]:
+    """(encoded, kept, how many passed the filter, fallback): the aligned pairs the model answers right
+    on both prompts (opts.filter), or every aligned pair when fewer than MIN_KEPT_PAIRS pass, said in
+    `fallback` (a model near chance). Exact patching and AtP select the same pairs."""
+    enc = encode_pairs(handle, pairs, opts.template)
+    if not enc.ids:
+        raise InputError(f"none of the {len(pairs)} pairs is token-aligned under this model's tokenizer "
+                         "(rebuild them with `countlens data pairs --tokenizer` for this model)")
+    keep = baseline_keep(handle, enc, opts) if opts.filter != "none" else [True] * len(enc.ids)
+    passed = int(sum(keep)) if opts.filter != "none" else None
+    fallback = None
+    if opts.filter != "none" and sum(keep) < min(MIN_KEPT_PAIRS, len(enc.ids)):
+        fallback = (f"only {sum(keep)} of {len(enc.ids)} aligned pairs are answered correctly on both prompts "
+                    f"(filter '{opts.filter}'); {verb} all {len(enc.ids)} aligned pairs instead")
+        if log:
+            log(f"{'atp' if verb == 'estimated' else 'patch'}: {fallback}")
+        keep = [True] * len(enc.ids)
+    return enc, enc.subset(keep), passed, fallback
+
+
 def run_patching(handle: ModelHandle, pairs: list[dict], opts: PatchOptions | None = None,
                  progress: Callable[[int], None] | None = None, log: Callable[[str], None] | None = None) -> PatchResult:
     """Filter pairs, sweep every requested direction, and return the tidy table + summary.
@@ -675,20 +696,7 @@ def run_patching(handle: ModelHandle, pairs: list[dict], opts: PatchOptions | No
             raise InputError(f"--direction must be denoise, noise or both (got '{d}')")
     if not pairs:
         raise InputError("no pairs to patch")
-    enc = encode_pairs(handle, pairs, opts.template)
-    if not enc.ids:
-        raise InputError(f"none of the {len(pairs)} pairs is token-aligned under this model's tokenizer "
-                         "(rebuild them with `countlens data pairs --tokenizer` for this model)")
-    keep = baseline_keep(handle, enc, opts) if opts.filter != "none" else [True] * len(enc.ids)
-    passed = int(sum(keep)) if opts.filter != "none" else None
-    fallback = None
-    if opts.filter != "none" and sum(keep) < min(MIN_KEPT_PAIRS, len(enc.ids)):
-        fallback = (f"only {sum(keep)} of {len(enc.ids)} aligned pairs are answered correctly on both prompts "
-                    f"(filter '{opts.filter}'); patched all {len(enc.ids)} aligned pairs instead")
-        if log:
-            log(f"patch: {fallback}")
-        keep = [True] * len(enc.ids)
-    kept = enc.subset(keep)
+    enc, kept, passed, fallback = select_pairs(handle, pairs, opts, "patched", log)
     stats = {"total_pairs": len(pairs), "dropped_misaligned": enc.dropped_misaligned,
              "kept_pairs": len(kept.ids), "filter": opts.filter if fallback is None else "none",
              "filter_requested": opts.filter, "filter_passed": passed, "filter_fallback": fallback}

@@ -60,8 +60,10 @@ def _decodable(out: Path) -> tuple[str, str]:
         return "not measured (the probes have not run)", "probes"
     best = max(e.get("accuracy") or 0 for e in pl)
     first = next(e for e in pl if (e.get("accuracy") or 0) >= DECODABLE * best)
+    weak = (first.get("accuracy") or 0) - (first.get("control_accuracy") or 0) < 0.1
     return (f"from layer {first['layer']} at the answer position: probe accuracy {_ci(first, 'accuracy')} "
-            f"(best {pct(best)}; control task {pct(first.get('control_accuracy'))})"), "probes"
+            f"(best {pct(best)}; control task {pct(first.get('control_accuracy'))}"
+            + ("; barely above the control, so only weakly decodable)" if weak else ")")), "probes"
 
 
 def _causal(out: Path) -> tuple[str, str]:
@@ -84,6 +86,11 @@ def _read_out(out: Path) -> tuple[str, str]:
     if not s:
         return "not measured (the logit lens has not run)", "lens"
     first = s.get("first_layer_90")
+    own, chance = s.get("own") or {}, s.get("chance") or {}
+    level = max(chance.get("uniform") or 0, chance.get("majority") or 0)
+    if own.get("ci_low") is not None and own["ci_low"] <= level:
+        return (f"nothing to read out: the model's own accuracy over the count tokens, {_ci(own, 'accuracy')}, "
+                f"is at chance ({pct(level)})"), "lens"
     row = next((e for e in s.get("per_layer", []) if str(e["layer"]) == str(first)), {})
     return (f"from layer {first}: the logit lens reaches {_ci(row, 'accuracy')}, 90 % of the model's own "
             f"{pct((s.get('own') or {}).get('accuracy'))}" if first is not None else
