@@ -30,7 +30,10 @@ def test_the_python_api_section_runs_as_written(tmp_path, monkeypatch):
     assert ns["probes"].summary["n_examples"] == 200
     assert set(ns["steer"].to_frame().scale) == {0.0, 1.0, 2.0}
     study = ns["study"]
-    assert set(study.stages) == {"data", "pairs", "bench", "patch", "probes", "steer", "report"}
+    assert set(study.stages) == {"data", "pairs", "bench", "patch", "probes", "steer", "analyses", "report"}
+    an = ns["an"]
+    assert set(an.results) == {"lens", "dla"} and an["lens"].summary["n_rows"] == 60
+    assert (tmp_path / "figs" / "lens_heatmap.png").exists() and (tmp_path / "an" / "dla" / "table.parquet").exists()
     for name, result in study.stages.items():
         frame = result.to_frame()
         assert isinstance(frame, pd.DataFrame) and len(frame) > 0, name
