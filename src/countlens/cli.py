@@ -422,8 +422,10 @@ def analyse(
     model: str = typer.Option("organism", "--model", help="organism, a folder, or hf:NAME."),
     data: Path = typer.Option(..., "--data", help="Examples JSONL (the lens, DLA and attention read it)."),
     out: Path = typer.Option(..., "--out", help="Writes OUT/lens, OUT/dla, OUT/attention, OUT/atp."),
-    only: str = typer.Option("lens,dla,attention,atp", "--only", help="Comma list of lens,dla,attention,atp."),
-    n: Optional[int] = typer.Option(200, "--n", help="The first N rows of --data, in file order."),
+    only: Optional[str] = typer.Option(None, "--only", help="Comma list of lens,dla,attention,atp (default: "
+                                       "lens,dla,attention, and atp when --pairs is given)."),
+    n: Optional[int] = typer.Option(None, "--n", help="The first N rows of --data, in file order (default: all; "
+                                                       "fewer, with a warning, if the file holds fewer)."),
     pairs: Optional[Path] = typer.Option(None, "--pairs", help="Pairs JSONL for attribution patching (atp)."),
     patch: Optional[Path] = typer.Option(None, "--patch", help="A `countlens patch` folder to compare AtP with."),
     probes: Optional[Path] = typer.Option(None, "--probes", help="A `countlens probe` folder: its directions "
@@ -438,11 +440,18 @@ def analyse(
 ) -> None:
     """Logit lens, direct logit attribution, attention to the items and attribution patching."""
     check_model(model)
+    from countlens.study.analyses import ANALYSES, run_analyses
+
+    which = tuple(x.strip() for x in only.split(",") if x.strip()) if only else \
+        ANALYSES if pairs else tuple(a for a in ANALYSES if a != "atp")
+    bad = [w for w in which if w not in ANALYSES]
+    if bad:
+        raise InputError(f"--only: unknown analyses {bad} (choose from {', '.join(ANALYSES)})")
+    if "atp" in which and pairs is None:
+        raise InputError("--only atp needs --pairs (minimal pairs from `countlens data pairs`)")
     warn_short(n, count_rows(data, n), "rows", data)
     from countlens.models.handle import load
-    from countlens.study.analyses import run_analyses
 
-    which = tuple(x.strip() for x in only.split(",") if x.strip())
     handle = load(model, device=device, dtype=dtype, device_map=device_map, prompt_format=prompt_format)
     res = run_analyses(handle, out, data=data, n=n, which=which, batch_size=batch_size, template=template,
                        pairs=pairs, patch=patch, probes=probes, log=log)
