@@ -179,8 +179,12 @@ def _batch_tensors(enc: EncodedPairs, idx: list[int], direction: str, device: An
 
 
 def run_atp(handle: ModelHandle, pairs: list[dict], options: AtPOptions | None = None,
-            progress: Callable[[int], None] | None = None, log: Callable[[str], None] | None = None) -> AtPResult:
-    """AtP estimates of the patching grid of `pairs`: table in `PatchResult.table`'s format, summary."""
+            progress: Callable[[int], None] | None = None, log: Callable[[str], None] | None = None,
+            kept_ids: Sequence[str] | None = None, kept_fallback: str | None = None) -> AtPResult:
+    """AtP estimates of the patching grid of `pairs`: table in `PatchResult.table`'s format, summary.
+
+    `kept_ids` / `kept_fallback`: the pairs an exact patching run kept (and its fallback note), so
+    both estimate the same pairs without running the correctness filter again."""
     opts = options or AtPOptions()
     for d in opts.directions:
         if d not in ("denoise", "noise"):
@@ -190,7 +194,8 @@ def run_atp(handle: ModelHandle, pairs: list[dict], options: AtPOptions | None =
     t0 = time.perf_counter()
     popts = PatchOptions(sites=opts.sites, layers=opts.layers, directions=opts.directions, filter=opts.filter,
                          k_samples=opts.k_samples, batch_size=opts.batch_size, seed=opts.seed, template=opts.template)
-    enc, kept, _, fallback = select_pairs(handle, pairs, popts, "estimated", log)
+    enc, kept, _, fallback = select_pairs(handle, pairs, popts, "estimated", log, kept_ids)
+    fallback = kept_fallback if kept_ids is not None else fallback
     configs = sweep_configs(handle, opts.sites, opts.layers)
     order = sorted(range(len(kept.ids)), key=lambda i: len(kept.low[i]))   # exact patching's batches
     frames, batches = [], 0

@@ -23,13 +23,13 @@ Raw attention says where a head looks, not what it moves: a head can attend to a
 vector it then writes with ~zero norm. The value-weighted version (Kobayashi et al. 2020,
 "Attention is not only a weight") weights each source token j by ||v_j W_O^h||, the norm of what
 head h writes from j; `weighting` is "attention" or "value" in the table. Value vectors are not
-visible in any hooked tensor (the output projection's input is sum_j a_ij v_j), so a second
-forward feeds every attention module its recorded input with a self-only mask: then softmax puts
-weight 1 on the diagonal and the output projection's input is v_j itself, the model's own value
-path (biases, GQA sharing, partial rotary and soft-capping leave v untouched), generic over
-architectures (`hooks.edit_attention_input`). ||v_j W_O^h|| is read by running the output
-projection on head h's slice alone, minus its bias. On Gemma the norm is before the
-post-attention norm.
+visible in any hooked tensor (the output projection's input is sum_j a_ij v_j), so each attention
+module is called again, on its own, with the call it had in the forward and a self-only mask
+(`hooks.record_attention_calls`): then softmax puts weight 1 on the diagonal and the output
+projection's input is v_j itself, the model's own value path (biases, GQA sharing, partial rotary
+and soft-capping leave v untouched), generic over architectures. ||v_j W_O^h|| uses head h's rows
+of the output projection's matrix (read by calling it on the identity, minus its bias). On Gemma
+the norm is before the post-attention norm.
 
 Attention weights need eager attention (SDPA does not return them): the model is switched to
 eager for this stage only and switched back afterwards, also when the stage raises. Weights are
@@ -103,13 +103,24 @@ def _self_only(mask: torch.Tensor | None, x: torch.Tensor) -> torch.Tensor:
     return out.masked_fill(eye, 0.0)
 
 
-def _head_write_norms(out_proj: torch.nn.Module, v: torch.Tensor) -> torch.Tensor:
-    """||v_j W_O^h|| for v [B, T, H, d] -> [B, H, T]: the output projection of head h's slice alone,
-    minus the projection of zero (its bias), so Linear and GPT-2's Conv1D take the same path."""
-    H = v.shape[2]
-    eye = torch.eye(H, dtype=v.dtype, device=v.device)
-    per_head = v.unsqueeze(2) * eye[None, None, :, :, None]            # [B, T, h, H, d]: only head h kept
-    written = out_proj(per_head.flatten(-2)) - out_proj(torch.zeros_like(per_head.flatten(-2)[:1, :1, :1]))
+def out_matrix(out_proj: torch.nn.Module) -> torch.Tensor:
+    """The output projection as a matrix [H*d, D] (its bias removed), read by calling it on the identity,
+    so Linear and GPT-2's Conv1D take the same path."""
+    p = next(out_proj.parameters())
+    eye = torch.eye(_in_features(out_proj), dtype=p.dtype, device=p.device)
+    return out_proj(eye) - out_proj(torch.zeros_like(eye[:1]))
+
+
+def _in_features(out_proj: torch.nn.Module) -> int:
+    if hasattr(out_proj, "in_features"):
+        return out_proj.in_features
+    return out_proj.weight.shape[0]  # GPT-2's Conv1D keeps [in, out]
+
+
+def _head_write_norms(W: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """||v_j W_O^h|| for v [B, T, H, d] and W [H*d, D] -> [B, H, T]: head h's slice of W alone."""
+    H, d = v.shape[2], v.shape[3]
+    written = torch.einsum("bthd,hdo->btho", v.to(W.dtype), W.view(H, d, -1))
     return written.norm(dim=-1).permute(0, 2, 1)
 
 
@@ -119,16 +130,12 @@ def forward_attention(handle: ModelHandle, batch: dict[str, torch.Tensor], value
     """Attention weights [L, B, H, T, T] of one batch (eager attention must be on) and, with
     `value_vectors`, each layer's value vectors {layer: [B, T, H, d]} (query heads; GQA repeated).
 
-    The values come from a second forward in which every attention module gets the input it had
-    in the first one and a self-only mask: softmax over one key is 1, so the output projection's
-    input at position j is v_j."""
-    inputs: dict[int, tuple[torch.Tensor, torch.Tensor | None]] = {}
+    The values come from calling each attention module again, on its own, with the call it had in
+    the forward (`hooks.record_attention_calls`) and a self-only mask: softmax over one key is 1, so
+    the output projection's input at position j is v_j. Only the attention modules run twice."""
+    layers = list(range(handle.n_layers))
     with contextlib.ExitStack() as stack:
-        if value_vectors:
-            for layer in range(handle.n_layers):
-                def record(x: torch.Tensor, mask: Any, layer: int = layer) -> None:
-                    inputs[layer] = (x.detach(), mask)
-                stack.enter_context(hooks.edit_attention_input(handle, layer, record))
+        calls = stack.enter_context(hooks.record_attention_calls(handle, layers)) if value_vectors else {}
         out = handle.model(**batch, output_attentions=True, use_cache=False)
     if out.attentions is None or len(out.attentions) != handle.n_layers or out.attentions[0] is None:
         raise RuntimeError("the model returned no attention weights under eager attention")
@@ -136,23 +143,23 @@ def forward_attention(handle: ModelHandle, batch: dict[str, torch.Tensor], value
     del out
     if not value_vectors:
         return weights, None
-    sites = [Site("head", layer) for layer in range(handle.n_layers)]
-    with contextlib.ExitStack() as stack:
-        for layer in range(handle.n_layers):
-            def self_only(x: torch.Tensor, mask: Any, layer: int = layer) -> tuple[torch.Tensor, torch.Tensor]:
-                x0, mask0 = inputs[layer]
-                return x0, _self_only(mask0, x0)
-            stack.enter_context(hooks.edit_attention_input(handle, layer, self_only))
-        values = stack.enter_context(hooks.capture(handle, sites, to_cpu=False))
-        handle.model(**batch, use_cache=False)
+    sites = [Site("head", layer) for layer in layers]
+    with hooks.capture(handle, sites, to_cpu=False) as values:
+        for layer in layers:
+            args, kwargs = calls.pop(layer)
+            x = args[0] if args else kwargs["hidden_states"]
+            hooks.attention_module(handle.blocks[layer])(
+                *args, **{**kwargs, "attention_mask": _self_only(kwargs.get("attention_mask"), x)})
     return weights, {s.layer: values[s] for s in sites}
 
 
 @torch.no_grad()
-def write_norms(handle: ModelHandle, values: dict[int, torch.Tensor]) -> torch.Tensor:
-    """||v_j W_O^h|| [L, B, H, T] from `forward_attention`'s value vectors."""
-    return torch.stack([_head_write_norms(hooks.out_proj_module(handle.blocks[layer]), values[layer]).float()
-                        for layer in range(handle.n_layers)])
+def write_norms(handle: ModelHandle, values: dict[int, torch.Tensor],
+                matrices: dict[int, torch.Tensor] | None = None) -> torch.Tensor:
+    """||v_j W_O^h|| [L, B, H, T] from `forward_attention`'s value vectors (`matrices`: each layer's
+    `out_matrix`, computed here when not given)."""
+    mats = matrices or {layer: out_matrix(hooks.out_proj_module(handle.blocks[layer])) for layer in values}
+    return torch.stack([_head_write_norms(mats[layer], values[layer]).float() for layer in range(handle.n_layers)])
 
 
 def _groups(enc: PromptEncoding, match: Sequence[int], pad: int, T: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -220,13 +227,15 @@ def run_attention(handle: ModelHandle, rows: Sequence[PromptRow], options: Atten
         raise ValueError("no examples")
     encs = [encode_prompt(handle, r.template, r.category, r.words) for r in rows]
     per_example: list[np.ndarray] = []
-    with eager_attention(handle.model):
+    mats = {layer: out_matrix(hooks.out_proj_module(handle.blocks[layer])) for layer in range(handle.n_layers)} \
+        if opts.value_weighted else None
+    with eager_attention(handle.model), torch.no_grad():
         for i0 in range(0, len(rows), opts.batch_size):
             idx = list(range(i0, min(len(rows), i0 + opts.batch_size)))
             batch = pad_left([encs[i].ids for i in idx], handle.pad_id, handle.device)
             W = batch["input_ids"].shape[1]
             weights, values = forward_attention(handle, batch, opts.value_weighted)
-            weights, norms = weights.cpu(), None if values is None else write_norms(handle, values).cpu()
+            weights, norms = weights.cpu(), None if values is None else write_norms(handle, values, mats).cpu()
             for j, i in enumerate(idx):
                 per_example.append(example_measures(weights[:, j], None if norms is None else norms[:, j], encs[i],
                                                     rows[i].match, W - len(encs[i].ids)))

@@ -35,7 +35,7 @@ from countlens.models.handle import keep_logits
 
 
 @lru_cache(maxsize=None)
-def _cache_kwarg(cls: type) -> str:
+def cache_kwarg(cls: type) -> str:
     params = inspect.signature(cls.forward).parameters
     return "cache" if "cache" in params else "past_key_values"
 
@@ -59,7 +59,7 @@ def forward(model: Any, cache: Any | None = None, last_logits: bool = False, **k
         cache = full_cache()
     if cache is not None:
         inner = model.get_base_model() if hasattr(model, "get_base_model") else model  # a peft wrapper
-        kwargs[_cache_kwarg(type(inner))] = cache
+        kwargs[cache_kwarg(type(inner))] = cache
     if last_logits:
         kwargs |= keep_logits(model)
     return model(**kwargs)

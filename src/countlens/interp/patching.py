@@ -18,7 +18,7 @@ per (site, layer, head, position) with a hook. Both must agree to 1e-4 in float3
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -660,14 +660,21 @@ def summarize(table: pd.DataFrame, opts: PatchOptions, stats: dict, pair_ld: pd.
 
 
 def select_pairs(handle: ModelHandle, pairs: list[dict], opts: PatchOptions, verb: str = "patched",
-                 log: Callable[[str], None] | None = None) -> tuple[EncodedPairs, EncodedPairs, int | None, str | None]:
+                 log: Callable[[str], None] | None = None, kept_ids: Collection[str] | None = None
+                 ) -> tuple[EncodedPairs, EncodedPairs, int | None, str | None]:
     """(encoded, kept, how many passed the filter, fallback): the aligned pairs the model answers right
     on both prompts (opts.filter), or every aligned pair when fewer than MIN_KEPT_PAIRS pass, said in
-    `fallback` (a model near chance). Exact patching and AtP select the same pairs."""
+    `fallback` (a model near chance). Exact patching and AtP select the same pairs: `kept_ids` (the
+    pair ids an exact patching run kept) skips the filter's two forwards per pair."""
     enc = encode_pairs(handle, pairs, opts.template)
     if not enc.ids:
         raise InputError(f"none of the {len(pairs)} pairs is token-aligned under this model's tokenizer "
                          "(rebuild them with `countlens data pairs --tokenizer` for this model)")
+    if kept_ids is not None:
+        keep = [i in set(kept_ids) for i in enc.ids]
+        if not any(keep):
+            raise InputError("none of the given pair ids is among these aligned pairs")
+        return enc, enc.subset(keep), int(sum(keep)), None
     keep = baseline_keep(handle, enc, opts) if opts.filter != "none" else [True] * len(enc.ids)
     passed = int(sum(keep)) if opts.filter != "none" else None
     fallback = None

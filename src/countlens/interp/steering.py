@@ -322,16 +322,35 @@ def _add_rows(handle, site: Site, v: torch.Tensor, enc: Encoded, idx: list[int],
     return hooks.add(handle, site, v, positions=at, new_tokens=True)
 
 
-@torch.no_grad()
-def generate_steered(handle, enc, idx, site, vectors, scale, positions, max_new_tokens, prefix) -> list[int | None]:
+def prompt_prefix(handle, enc: Encoded, idx: list[int]) -> tuple[dict, list]:
+    """(the left-padded batch, the KV of every prompt position but the last): steering at the last
+    position leaves those untouched, so every setting's generation starts from the same prefix."""
     batch = pad_left([enc.ids[i] for i in idx], handle.pad_id, handle.device)
+    mask = batch["attention_mask"]
+    pos = (mask.long().cumsum(-1) - 1).clamp(min=0)   # generate's own position ids (pads do not matter)
+    out = kvcache.forward(handle.model, input_ids=batch["input_ids"][:, :-1], attention_mask=mask[:, :-1],
+                          position_ids=pos[:, :-1], last_logits=True)
+    return batch, kvcache.kv_tensors(kvcache.output_cache(out))
+
+
+@torch.no_grad()
+def generate_steered(handle, enc, idx, site, vectors, scale, positions, max_new_tokens, prefix,
+                     prompt: tuple[dict, list] | None = None) -> list[int | None]:
+    """Greedy answers with v * scale added at `site` (`positions`; generated tokens get it too).
+    `prompt` (`prompt_prefix`, positions "last" only): start from that batch's shared prompt KV."""
+    if prompt is not None and positions != "last":
+        raise ValueError("a shared prompt prefix serves last-position steering only")
+    batch, kv = prompt if prompt is not None else (pad_left([enc.ids[i] for i in idx], handle.pad_id,
+                                                            handle.device), None)
     W = batch["input_ids"].shape[1]
     ctx = _add_rows(handle, site, torch.as_tensor(vectors, dtype=torch.float32) * scale, enc, idx, W, positions) \
         if scale != 0.0 else contextlib.nullcontext()
+    cache = {} if kv is None else {kvcache.cache_kwarg(type(handle.model)): kvcache.build_cache(
+        kv, handle.model.config, W - 1)}
     with ctx:
         out = handle.model.generate(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
                                     max_new_tokens=max_new_tokens, do_sample=False, eos_token_id=handle.stop_ids,
-                                    pad_token_id=handle.pad_id)
+                                    pad_token_id=handle.pad_id, **cache)
     texts = handle.tokenizer.batch_decode(out[:, W:], skip_special_tokens=True)
     return [parse_lenient(prefix + t) for t in texts]
 
@@ -545,24 +564,27 @@ def _generate_checks(handle, test, eval_idx, vecs, summary, opts, prefix) -> lis
     settings += [("random", s[1], s[2]) for s in settings[1:2]]
     if opts.generate_n is not None:
         eval_idx = eval_idx[:opts.generate_n]
-    for kind, layer, scale in settings:
-        answers = []
-        for i0 in range(0, len(eval_idx), opts.batch_size):
-            c = eval_idx[i0:i0 + opts.batch_size]
+    answers: dict[int, list] = {k: [] for k in range(len(settings))}
+    for i0 in range(0, len(eval_idx), opts.batch_size):   # batches outer: one prompt prefix per batch
+        c = eval_idx[i0:i0 + opts.batch_size]
+        shared = prompt_prefix(handle, test, c) if opts.positions == "last" else None
+        for k, (kind, layer, scale) in enumerate(settings):
             if kind == "none":
                 v, site = None, Site("resid", "emb")
             else:
                 site = Site("resid", layer)
                 v = np.stack([vecs[layer].vector(kind, int(test.answers[i]), int(test.answers[i]) + 1) for i in c])
-            answers += generate_steered(handle, test, c, site, v, scale if v is not None else 0.0, opts.positions,
-                                        opts.max_new_tokens, prefix)
-        n = test.answers[eval_idx]
-        parsed = np.array([a is not None for a in answers])
-        success = np.array([a == int(x) + 1 for a, x in zip(answers, n)])
+            answers[k] += generate_steered(handle, test, c, site, v, scale if v is not None else 0.0, opts.positions,
+                                           opts.max_new_tokens, prefix, shared)
+    n = test.answers[eval_idx]
+    for k, (kind, layer, scale) in enumerate(settings):
+        got = answers[k]
+        parsed = np.array([a is not None for a in got])
+        success = np.array([a == int(x) + 1 for a, x in zip(got, n)])
         results.append({"vector": kind, "layer": layer, "scale": scale, "n": len(eval_idx),
                         "parse_rate": float(parsed.mean()),
                         "success_rate": float(success.mean()),
-                        "correct_rate": float(np.mean([a == int(x) for a, x in zip(answers, n)]))})
+                        "correct_rate": float(np.mean([a == int(x) for a, x in zip(got, n)]))})
     return results
 
 

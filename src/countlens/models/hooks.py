@@ -243,40 +243,20 @@ replace = TORCH.replace
 add = TORCH.add
 
 
-AttentionInputFn = Callable[[torch.Tensor, Any], Union[tuple[Union[torch.Tensor, None], Any], None]]
-
-
 @contextlib.contextmanager
-def edit_attention_input(handle: Any, layer: int, fn: AttentionInputFn) -> Iterator[None]:
-    """Call fn(hidden_states, attention_mask) on the input of block `layer`'s attention module in every
-    forward; a returned (hidden_states, attention_mask) replaces them (a None member keeps its original).
-
-    hidden_states is what the attention module reads ([batch, seq, hidden]: after the block's input
-    norm, and for GPT-NeoX's parallel residual the attention branch's input); attention_mask is the
-    mask the model built for this layer (under eager attention an additive float [batch, 1, seq, keys]
-    with the causal, padding and sliding-window masking applied; None where the model passes none).
-    The attention module is found by name like every other site, so this is generic over
-    architectures; `countlens.interp.attention` uses it to read each head's value vectors.
-    """
-    module = attention_module(handle.blocks[layer])
-
-    def pre(mod, args, kwargs):
-        x = args[0] if args else kwargs["hidden_states"]
-        new = fn(x, kwargs.get("attention_mask"))
-        if new is None:
-            return None
-        new_x, new_mask = new
-        if new_mask is not None:
-            kwargs = {**kwargs, "attention_mask": new_mask}
-        if new_x is not None:
-            if args:
-                args = (new_x, *args[1:])
-            else:
-                kwargs = {**kwargs, "hidden_states": new_x}
-        return args, kwargs
-
-    handle_ = module.register_forward_pre_hook(pre, with_kwargs=True)
+def record_attention_calls(handle: Any, layers: Sequence[int]) -> Iterator[dict[int, tuple[tuple, dict]]]:
+    """{layer: (args, kwargs)} of each attention module's call in the forwards inside (the last call
+    wins), so that the module can be called again on its own with an edited mask: what the model
+    passed (hidden states after the input norm, rotary embeddings, mask, cache position) is kept as
+    it was, so this is generic over architectures. Tensors are kept, not copied."""
+    calls: dict[int, tuple[tuple, dict]] = {}
+    handles = []
     try:
-        yield
+        for layer in layers:
+            def pre(mod, args, kwargs, layer: int = layer):
+                calls[layer] = (args, dict(kwargs))
+            handles.append(attention_module(handle.blocks[layer]).register_forward_pre_hook(pre, with_kwargs=True))
+        yield calls
     finally:
-        handle_.remove()
+        for h in handles:
+            h.remove()

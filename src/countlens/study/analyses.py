@@ -127,10 +127,14 @@ def _atp(handle, out: Path, pairs, patch, patch_config, template, batch_size, lo
     opts = AtPOptions(sites=tuple(pc.sites) if pc else ("resid", "attn", "mlp", "head"), positions=positions,
                       directions=tuple(pc.directions) if pc else ("denoise",), batch_size=batch_size,
                       filter=pc.filter if pc else "greedy", template=template)
-    r = run_atp(handle, load_pairs(pairs), opts, log=log)
     exact = Path(patch) / "table.parquet" if patch else None
-    if exact is not None and exact.exists():
-        table = pd.read_parquet(exact)
+    table = pd.read_parquet(exact) if exact is not None and exact.exists() else None
+    kept, fallback = None, None
+    if table is not None and (Path(patch) / "summary.json").exists():  # the pairs exact patching kept
+        kept = list(dict.fromkeys(table.pair.astype(str)))
+        fallback = json.loads((Path(patch) / "summary.json").read_text()).get("filter_fallback")
+    r = run_atp(handle, load_pairs(pairs), opts, log=log, kept_ids=kept, kept_fallback=fallback)
+    if table is not None:
         agreement = compare(r.table, table)
         r.summary["agreement"] = json.loads(agreement.to_json(orient="records"))
         r.save(out)
