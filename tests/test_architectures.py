@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from conftest import TINY_ARCHS
-from countlens.interp import kvcache
+from countlens.models import kvcache
 from countlens.interp.patching import PatchOptions, run_patching
 from countlens.models.hooks import capture
 from countlens.sites import Site

@@ -81,6 +81,30 @@ def test_generate_then_score_then_resume(tiny, data, tmp_path, monkeypatch):
     store.close()
 
 
+def test_generation_scores_from_the_same_prefill_and_score_mode_reuses_it(tiny, data, tmp_path, monkeypatch):
+    """On one handle (as the study runs it), generate mode's prefill of prompt + "(" also gives score
+    mode's log-probs: the later score run reads them and runs no forward, with the same numbers and
+    the same completions as running each mode on its own."""
+    import countlens.models.generation as gen
+    from countlens.models.handle import load
+
+    alone_g = run_bench([tiny], data, tmp_path / "g0", batch_size=8, progress=False, figures=False)
+    alone_s = run_bench([tiny], data, tmp_path / "s0", mode="score", batch_size=8, progress=False, figures=False)
+    h = load(tiny, device="cpu")
+    shared_g = run_bench([tiny], data, tmp_path / "g1", batch_size=8, progress=False, figures=False,
+                         handles={tiny: h})
+    assert len(h.scored) == 24
+    monkeypatch.setattr(gen, "answer_logprobs", lambda *a, **k: pytest.fail("ran score mode's forward again"))
+    shared_s = run_bench([tiny], data, tmp_path / "s1", mode="score", batch_size=8, progress=False, figures=False,
+                         handles={tiny: h})
+    a, b = (pd.read_parquet(tmp_path / d / "records.parquet").sort_values("line") for d in ("s0", "s1"))
+    assert (abs(a.p_correct.to_numpy() - b.p_correct.to_numpy()) < 1e-5).all() and (a.pred.to_numpy() == b.pred.to_numpy()).all()
+    ga, gb = (pd.read_parquet(tmp_path / d / "records.parquet").sort_values("line") for d in ("g0", "g1"))
+    assert list(ga.completion) == list(gb.completion)
+    assert shared_s.models[0].accuracy == alone_s.models[0].accuracy
+    assert shared_g.models[0].accuracy == alone_g.models[0].accuracy
+
+
 def test_prefill_on_a_local_model_starts_the_reply(tiny, data, tmp_path):
     s = run_bench([tiny], data, tmp_path / "o", n=6, prefill=True, max_new_tokens=3, progress=False, figures=False)
     df = pd.read_parquet(tmp_path / "o" / "records.parquet")

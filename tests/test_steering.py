@@ -8,7 +8,7 @@ import torch
 from conftest import run_cli
 from countlens.data.generate import generate_examples
 from countlens.errors import InputError
-from countlens.interp import kvcache
+from countlens.models import kvcache
 from countlens.sites import Site
 from countlens.interp.steering import (SteerOptions, _row_bytes, count_logprobs, count_logprobs_last, encode_rows,
                                        run_steering)
@@ -211,7 +211,10 @@ def test_steering_uses_the_probes_estimator_and_reads_their_saved_directions(tmp
     assert np.abs(loaded.means - v.means).max() < 2e-3 * scale and np.abs(loaded.slope - v.slope).max() < 2e-3 * scale
     opts = dict(layers=(2,), scales=(0.0, 1.0), vectors=("mean-diff", "one-more"), generate=False)
     fitted = run_steering(h, rows, SteerOptions(**opts))
-    read = run_steering(h, rows, SteerOptions(**opts, directions=str(tmp_path / "probes")))
+    # with saved directions every row given is held out: here the same held-out half as `fitted`
+    read = run_steering(h, rows[60:], SteerOptions(**opts, directions=str(tmp_path / "probes")))
+    assert (read.summary["n_train"], read.summary["n_test"]) == (0, 60) == (0, fitted.summary["n_test"])
+    assert read.summary["n_eval"] == fitted.summary["n_eval"]
     a, b = fitted.summary["mean-diff"]["best"], read.summary["mean-diff"]["best"]
     assert abs(a["success_rate"] - b["success_rate"]) <= 0.02 and a["success_rate"] >= 0.8
     with pytest.raises(InputError, match="no saved direction"):

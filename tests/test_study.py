@@ -320,3 +320,25 @@ def test_compare_puts_two_studies_side_by_side(study_dir, tmp_path):
     assert "benchmark accuracy" in (tmp_path / "cmp" / "compare.md").read_text()
     bad = run_cli("compare", str(tmp_path), "--out", str(tmp_path / "x"))
     assert bad.returncode == 2 and "not a study folder" in bad.stderr and not (tmp_path / "x").exists()
+
+
+def test_deep_quick_study_steers_along_the_probes_directions_on_examples_they_did_not_see(tmp_path):
+    """On a deep model the quick preset's steering layers are among the probes' layers, so steering
+    reads the probes' saved directions (no second capture and fit) and is evaluated on the examples
+    after the probes' own; when the data has too few of those, or a layer is missing, it fits its own."""
+    from countlens.study.config import fit_to_model
+    from countlens.study.run import Study
+
+    cfg = fit_to_model(build_config(preset="quick"), 30)
+    assert set(cfg.steer.layers) <= set(cfg.probes.layers) and len(cfg.steer.layers) == 8
+    assert {"emb", "29"} <= set(cfg.steer.layers)
+    study = Study(cfg, tmp_path, log=lambda m: None)
+    assert study._probe_directions(600) is None                       # the probes saved none
+    (tmp_path / "probes" / "directions" / "resid-last").mkdir(parents=True)
+    held = cfg.steer.n - int(cfg.steer.n * 0.5)
+    assert study._probe_directions(cfg.probes.n + held) == str(tmp_path / "probes")
+    assert study._probe_directions(cfg.probes.n + held - 1) is None   # too few unseen examples
+    other = cfg.model_copy(update={"steer": cfg.steer.model_copy(update={"layers": ["emb", "1"]})})
+    assert Study(other, tmp_path, log=lambda m: None)._probe_directions(10_000) is None
+    changed = fit_to_model(build_config(preset="quick", probes={"n": 300}), 30)
+    assert changed.stage_hash("steer") != cfg.stage_hash("steer")     # steer reruns when the probes change

@@ -370,7 +370,8 @@ def steer(
     vector: str = typer.Option("both", "--vector", help="mean-diff | probe | both (one-more and random always)."),
     train_frac: float = typer.Option(0.5, "--train-frac", help="Share of rows used to fit the vectors."),
     directions: Optional[Path] = typer.Option(None, "--directions", help="A `countlens probe` output folder: "
-                                              "steer along its saved directions instead of fitting them."),
+                                              "steer along its saved directions instead of fitting them "
+                                              "(then every example is held out: use ones the probes did not see)."),
     generate: bool = typer.Option(True, "--generate/--no-generate", help="Greedy generation at the best settings."),
     batch_size: int = typer.Option(64, "--batch-size"),
     template: Optional[str] = typer.Option(None, "--template"),

@@ -169,7 +169,7 @@ def answer_logits(model, enc: Encoded, pad_id: int, share_prefix: bool = True) -
     """
     import torch
 
-    from countlens.interp import kvcache
+    from countlens.models import kvcache
     from countlens.models.handle import pad_left
 
     device = next(model.parameters()).device

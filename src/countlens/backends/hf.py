@@ -9,6 +9,9 @@ from countlens.backends.base import Backend, Completion, GenSettings, OnDone, On
 from countlens.backends.spec import ModelSpec
 
 
+SCORED_K = 9  # generation also keeps score mode's log-probs of the answers 0..9
+
+
 class HFBackend(Backend):
     """Wraps a `ModelHandle`: left-padded batches sorted by length, stop at end-of-turn."""
 
@@ -55,7 +58,18 @@ class HFBackend(Backend):
                                     prefilled=settings.prefill, served_model=self.spec.name))
                      for i, out, k in zip(idx, outs, n_new)])
 
-        greedy_generate(self.handle, texts, settings.max_new_tokens, self.batch_size, on_batch=store)
+        score = None
+        if not settings.prefill:  # score mode's texts are these plus the answer prefix: one prefill serves both
+            answers = self.handle.answer_tokens(SCORED_K, settings.answer_prefix)
+            tokens = tuple(a[0] for a in answers)
+            scored_texts = [t + settings.answer_prefix for t in texts]
+
+            def keep(idx: list[int], rows) -> None:
+                for i, r in zip(idx, rows):
+                    self.handle.scored[scored_texts[i]] = (tokens, r)
+
+            score = (settings.answer_prefix, answers, keep)
+        greedy_generate(self.handle, texts, settings.max_new_tokens, self.batch_size, on_batch=store, score=score)
 
     def score(self, prompts: list[str], k_max: int, settings: GenSettings, on_scored: OnScored) -> None:
         """The formatted prompt followed by the answer prefix; log P of each answer 0..k_max."""
@@ -69,4 +83,12 @@ class HFBackend(Backend):
             on_scored([(i, Scored(logprobs=[round(float(x), 6) for x in r], input_tokens=lengths[i]))
                        for i, r in zip(idx, rows)])
 
-        answer_logprobs(self.handle, texts, answers, self.batch_size, on_batch=store)
+        want = tuple(a[0] for a in answers) if all(len(a) == 1 for a in answers) else None
+        memo = {i: self.handle.scored.get(t) for i, t in enumerate(texts)}
+        done = [i for i, m in memo.items() if want and m is not None and m[0][:len(want)] == want]
+        if done:  # scored by an earlier generate run's prefill on this handle (greedy_generate's `score`)
+            store(done, [memo[i][1][:len(want)] for i in done])
+        todo = [i for i in range(len(texts)) if i not in set(done)]
+        if todo:
+            answer_logprobs(self.handle, [texts[i] for i in todo], answers, self.batch_size,
+                            on_batch=lambda idx, rows: store([todo[j] for j in idx], rows))

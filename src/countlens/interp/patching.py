@@ -29,7 +29,7 @@ import torch
 
 from countlens.data.answers import parse_lenient
 from countlens.errors import InputError
-from countlens.interp import kvcache
+from countlens.models import kvcache
 from countlens.models import hooks
 from countlens.models.hooks import n_heads
 from countlens.sites import Site, every_layer, layer_key, parse_layer

@@ -36,7 +36,7 @@ import torch
 from countlens.data.answers import parse_lenient
 from countlens.data.templates import Template
 from countlens.errors import InputError
-from countlens.interp import kvcache
+from countlens.models import kvcache
 from countlens.models import hooks
 from countlens.models.hooks import capture
 from countlens.results import SteerResult
@@ -66,7 +66,8 @@ class SteerOptions:
     template: str | None = None
     method: str = "fast"                 # fast (KV-cached last position; positions=last) | reference
     directions: str | None = None        # a probes output folder: steer along its saved directions instead
-                                         # of fitting on the training half (resid, answer position)
+                                         # of fitting on a training half (resid, answer position); then
+                                         # every row is held out: give rows the probes did not see
     memory_budget: int = 1 << 30         # bytes of KV-cache copies (+ logits) per fast forward
 
 
@@ -384,9 +385,10 @@ def prepare_sweep(handle: ModelHandle, rows: list[dict], opts: SteerOptions) -> 
     if opts.memory_budget <= 0:
         raise InputError(f"memory_budget must be a positive number of bytes (got {opts.memory_budget})")
     tpl = handle.template(opts.template)
-    n_train = int(len(rows) * opts.train_frac)
+    # With saved directions (fitted on a probes run's own examples) every row is held out.
+    n_train = 0 if opts.directions else int(len(rows) * opts.train_frac)
     train_rows, test_rows = rows[:n_train], rows[n_train:]
-    if len(test_rows) < 10 or n_train < 10:
+    if len(test_rows) < 10 or (n_train < 10 and not opts.directions):
         raise InputError(f"need at least 10 training and 10 held-out examples (got {n_train} and {len(test_rows)})")
     K = int(max(r["answer"] for r in rows))
     count_tokens = [a[0] for a in handle.answer_tokens(K, tpl.answer_prefix)]
@@ -394,10 +396,11 @@ def prepare_sweep(handle: ModelHandle, rows: list[dict], opts: SteerOptions) -> 
     bad = [x for x in layers if x != "emb" and not 0 <= x < handle.n_layers]
     if bad:
         raise InputError(f"--layers: {bad} out of range (the model has blocks 0..{handle.n_layers - 1} and emb)")
-    train, test = encode_rows(handle, train_rows, tpl), encode_rows(handle, test_rows, tpl)
+    test = encode_rows(handle, test_rows, tpl)
     if opts.directions:  # saved by a probes run (fitted on its own examples)
         vecs = load_vectors(opts.directions, layers, opts.seed)
     else:
+        train = encode_rows(handle, train_rows, tpl)
         acts = collect_last(handle, train, layers, opts.batch_size)
         vecs = {layer: fit_vectors(acts[layer], train.answers, opts.seed, i) for i, layer in enumerate(layers)}
     # Evaluate N -> N+1 on held-out examples with N < K.

@@ -6,6 +6,7 @@ from collections.abc import Callable
 
 import torch
 
+from countlens.models import kvcache
 from countlens.models.handle import ModelHandle, keep_logits, pad_left
 
 
@@ -27,19 +28,36 @@ def _new_token_counts(new: torch.Tensor, stop_ids: list[int]) -> list[int]:
 @torch.no_grad()
 def greedy_generate(handle: ModelHandle, texts: list[str], max_new_tokens: int = 8, batch_size: int = 64,
                     progress: Callable[[int], None] | None = None,
-                    on_batch: Callable[[list[int], list[str], list[int]], None] | None = None) -> list[str]:
+                    on_batch: Callable[[list[int], list[str], list[int]], None] | None = None,
+                    score: tuple[str, list[list[int]], Callable[[list[int], torch.Tensor], None]] | None = None
+                    ) -> list[str]:
     """Greedy completions of already formatted texts, stopping at end-of-turn.
 
     `on_batch(indices, completions, new_token_counts)` runs after each batch, so a caller can
-    store finished results at once instead of at the end.
+    store finished results at once instead of at the end. `score=(suffix, answers, on_scored)` also
+    scores text + suffix (score mode: log P of each single-token answer) from the same prefill:
+    one forward over text + suffix gives the answer log-probs at its end, and generation starts
+    from its KV cache cut back to the text's last token. A batch where text + suffix does not
+    tokenize as the text's tokens plus the same suffix tokens is only generated.
     """
     seqs = [handle.encode_text(t) for t in texts]
+    with_suffix = [handle.encode_text(t + score[0]) for t in texts] if score else None
     out: list[str] = [""] * len(texts)
     for idx in _by_length([len(s) for s in seqs], batch_size):
         batch = pad_left([seqs[i] for i in idx], handle.pad_id, handle.device)
+        cache = {}
+        if score and _shared_prefix(seqs, with_suffix, idx) and all(len(a) == 1 for a in score[1]):
+            full = pad_left([with_suffix[i] for i in idx], handle.pad_id, handle.device)
+            o = kvcache.forward(handle.model, last_logits=True, **full)
+            lp = torch.log_softmax(o.logits[:, -1].float(), -1).cpu()
+            score[2](idx, lp[:, [a[0] for a in score[1]]])
+            W = batch["input_ids"].shape[1]
+            cache = {kvcache.cache_kwarg(type(handle.model)): kvcache.build_cache(
+                kvcache.kv_tensors(kvcache.output_cache(o)), handle.model.config, W - 1)}
+            del o
         gen = handle.model.generate(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
                                     max_new_tokens=max_new_tokens, do_sample=False, num_beams=1,
-                                    eos_token_id=handle.stop_ids, pad_token_id=handle.pad_id)
+                                    eos_token_id=handle.stop_ids, pad_token_id=handle.pad_id, **cache)
         new = gen[:, batch["input_ids"].shape[1]:]
         for j, i in enumerate(idx):
             out[i] = handle.tokenizer.decode(new[j], skip_special_tokens=True)
@@ -48,6 +66,12 @@ def greedy_generate(handle: ModelHandle, texts: list[str], max_new_tokens: int =
         if progress:
             progress(len(idx))
     return out
+
+
+def _shared_prefix(seqs: list[list[int]], with_suffix: list[list[int]], idx: list[int]) -> bool:
+    """Every text + suffix of the batch is the text's tokens followed by one same-length suffix."""
+    extra = {len(with_suffix[i]) - len(seqs[i]) for i in idx}
+    return len(extra) == 1 and extra.pop() > 0 and all(with_suffix[i][:len(seqs[i])] == seqs[i] for i in idx)
 
 
 @torch.no_grad()

@@ -50,6 +50,10 @@ class ModelHandle:
     prompt_format: str
     native_template: Template | None = None
     info: dict = field(default_factory=dict)
+    # score-mode log-probs computed as a by-product of generation (generation.greedy_generate's
+    # `score`), {formatted text + answer prefix: (answer token ids, log-probs)}: a later score-mode
+    # run of the same prompts on this handle reads them instead of running the same forward again
+    scored: dict = field(default_factory=dict, repr=False)
 
     @property
     def device(self) -> torch.device:

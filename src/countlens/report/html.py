@@ -301,7 +301,9 @@ def steer_section(out: Path) -> list[Block]:
                          f"{_pct(b['success_rate'])} [{_pct(b.get('ci_low'))}, {_pct(b.get('ci_high'))}]",
                          _pct(b.get("control_success_rate")), _pct(b.get("wrong_way")),
                          _pct(lb["success_rate"]) if lb else "n/a"])
-    blocks += [("p", f"Vectors from {s['n_train']} examples, evaluated on {s['n_eval']} held-out examples "
+    source = ("The probes stage's saved directions (fitted on its own examples, not these)"
+              if (s.get("options") or {}).get("directions") else f"Vectors from {s['n_train']} examples")
+    blocks += [("p", f"{source}, evaluated on {s['n_eval']} held-out examples "
                      f"(unsteered accuracy {_pct(s.get('unsteered_accuracy'))}); target: N -> N+1."),
                ("table", (["vector", "best layer", "scale", f"success [{WILSON}]", "random vector, same norm",
                            "moved the wrong way", "at the last block"], rows))]

@@ -116,7 +116,7 @@ class StudyConfig(_Strict):
         """Hash of everything that can change a stage's output (its section + model + upstream)."""
         upstream = {"data": ["data"], "pairs": ["data", "pairs"], "bench": ["data", "bench"],
                     "patch": ["data", "pairs", "patch"], "probes": ["data", "probes"],
-                    "steer": ["data", "steer"], "analyses": ["data", "pairs", "patch", "probes", "analyses"],
+                    "steer": ["data", "probes", "steer"], "analyses": ["data", "pairs", "patch", "probes", "analyses"],
                     "report": []}[stage]
         d = self.model_dump()
         key = {"model": d["model"], "template": d["template"], "prompt_format": d["prompt_format"],
@@ -155,6 +155,13 @@ def spread_layers(n_layers: int, k: int) -> list[str]:
     return ["emb", *map(str, idx)]
 
 
+def pick_layers(layers: list[str], k: int) -> list[str]:
+    """k of `layers` evenly spread over the list, its first and last always included."""
+    if k >= len(layers):
+        return list(layers)
+    return [layers[i] for i in sorted({round(j * (len(layers) - 1) / (k - 1)) for j in range(k)})]
+
+
 def fit_to_model(cfg: "StudyConfig", n_layers: int) -> "StudyConfig":
     """Fill every "auto" / None grid with what this model's depth allows (explicit values win).
 
@@ -173,8 +180,10 @@ def fit_to_model(cfg: "StudyConfig", n_layers: int) -> "StudyConfig":
         else (spread_layers(n_layers, NAMED_LAYERS) if deep else None)})
     pr = cfg.probes.model_copy(update={"layers": cfg.probes.layers if cfg.probes.layers is not None
                                        else (spread_layers(n_layers, PROBE_LAYERS) if deep else None)})
+    # Steering's layers are among the probes' so that it can steer along their saved directions.
     st = cfg.steer.model_copy(update={"layers": cfg.steer.layers if cfg.steer.layers is not None
-                                      else (spread_layers(n_layers, STEER_LAYERS) if deep else None),
+                                      else (pick_layers(pr.layers or spread_layers(n_layers, PROBE_LAYERS),
+                                                        STEER_LAYERS) if deep else None),
                                       "generate_n": cfg.steer.generate_n if cfg.steer.generate_n is not None
                                       else (DEEP_GENERATE_N if deep else None)})
     out = cfg.model_copy(update={"patch": p, "probes": pr, "steer": st})

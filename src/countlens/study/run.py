@@ -144,15 +144,32 @@ class Study:
         from countlens.interp.steering import SteerOptions, run_steering, save_steering
 
         c = self.cfg.steer
-        rows = [ex.row() for _, ex in read_examples(self.data_file, c.n)]
+        rows = [ex.row() for _, ex in read_examples(self.data_file)]
+        dirs = self._probe_directions(len(rows))
+        if dirs is not None:  # the probes' directions; held out: the examples after the probes' own
+            rows = rows[self.cfg.probes.n:self.cfg.probes.n + _held_out(c.n)]
+        else:
+            rows = rows[:c.n]
         opts = SteerOptions(layers=tuple(c.layers) if c.layers else None, scales=tuple(c.scales),
                             positions=c.positions, vectors=(*c.vectors, "one-more", "random"),
                             generate=c.generate, generate_n=c.generate_n, template=self.cfg.template,
-                            batch_size=c.batch_size,
+                            batch_size=c.batch_size, directions=dirs,
                             memory_budget=self.cfg.memory_budget_bytes)
         result = run_steering(self.handle, rows, opts)
         save_steering(result, d)
         return result
+
+    def _probe_directions(self, n_rows: int) -> str | None:
+        """The probes stage's folder when its saved directions cover every steering layer and the data
+        has `steer.n`'s held-out share of examples the probes did not see; else None (steering fits its
+        own directions on half of its examples). One capture and fit fewer on a deep model."""
+        c, pc = self.cfg.steer, self.cfg.probes
+        folder = self.out / "probes"
+        if not (folder / "directions" / "resid-last").is_dir() or n_rows - pc.n < _held_out(c.n):
+            return None
+        if pc.layers is not None and (c.layers is None or not {str(x) for x in c.layers} <= {str(x) for x in pc.layers}):
+            return None
+        return str(folder)
 
     def analyses(self, d: Path) -> Any:
         from countlens.study.analyses import run_analyses
@@ -168,6 +185,13 @@ class Study:
 
         r = write_report(self.out, self.cfg)
         return ReportResult(Path(r["html"]), Path(r["md"]), self.out, figures=r["figures"])
+
+
+def _held_out(n: int) -> int:
+    """How many of `steer.n` examples steering holds out when it fits its own directions."""
+    from countlens.interp.steering import SteerOptions
+
+    return n - int(n * SteerOptions.train_frac)
 
 
 def environment(cfg: StudyConfig) -> dict:
