@@ -123,6 +123,25 @@ def test_attribution_terms_sum_to_the_models_own_metric(arch, tiny_models, tiny_
         assert "remainder: final logit soft-cap" not in rem
 
 
+@pytest.mark.parametrize("arch", ["llama", "gemma2", "gpt2"])
+def test_attribution_from_the_lens_forwards_equals_its_own_run(arch, tiny_models, tiny_arch_models):
+    """The study runs DLA on the logit lens's forwards (`run_lens(..., also=Attribution)`): other
+    batches, other captured positions, the same numbers as `run_dla` with forwards of its own."""
+    from countlens.interp.dla import Attribution
+    from countlens.interp.lens import LensOptions, run_lens
+
+    handle = _perturbed({**tiny_models, **tiny_arch_models}[arch])
+    rows = _rows(handle)
+    alone = run_dla(handle, rows, DLAOptions(k_max=K, batch_size=3, n_boot=50))
+    acc = Attribution(handle, rows, DLAOptions(k_max=K, n_boot=50))
+    lens = run_lens(handle, rows, LensOptions(k_max=K, batch_size=4), also=acc)
+    shared = acc.result()
+    assert np.abs(shared.table["mean"].to_numpy() - alone.table["mean"].to_numpy()).max() < 1e-5
+    assert list(shared.table.component) == list(alone.table.component)
+    assert shared.summary["max_abs_sum_error"] < 1e-4 and abs(shared.table["mean"]).max() > 1e-2
+    assert lens.table.equals(run_lens(handle, rows, LensOptions(k_max=K, batch_size=4)).table)
+
+
 # ------------------------------------------------------------------------------------ the organism
 
 @pytest.fixture(scope="module")

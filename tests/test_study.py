@@ -340,5 +340,5 @@ def test_deep_quick_study_steers_along_the_probes_directions_on_examples_they_di
     assert study._probe_directions(cfg.probes.n + held - 1) is None   # too few unseen examples
     other = cfg.model_copy(update={"steer": cfg.steer.model_copy(update={"layers": ["emb", "1"]})})
     assert Study(other, tmp_path, log=lambda m: None)._probe_directions(10_000) is None
-    changed = fit_to_model(build_config(preset="quick", probes={"n": 300}), 30)
+    changed = fit_to_model(build_config(preset="quick", probes={"n": 200}), 30)
     assert changed.stage_hash("steer") != cfg.stage_hash("steer")     # steer reruns when the probes change

@@ -33,6 +33,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -165,47 +166,68 @@ def _attribute(got: dict[Site, torch.Tensor], blocks: list[_Block], readout: Rea
 
 # ----------------------------------------------------------------------------------------------- run
 
+class Attribution:
+    """Direct logit attribution accumulated batch by batch from captured forwards: `sites` are what a
+    forward must capture (the answer position first), `consume` attributes one batch, `result` the
+    table and summary. `run_dla` drives it with forwards of its own; the study lets the logit lens's
+    forwards feed it (`lens.run_lens(..., also=...)`)."""
+
+    def __init__(self, handle: ModelHandle, rows: Sequence[PromptRow], options: DLAOptions | None = None):
+        self.opts = opts = options or DLAOptions()
+        if not rows:
+            raise InputError("no rows for direct logit attribution")
+        self.k_max = k_max = max(r.answer for r in rows) if opts.k_max is None else opts.k_max
+        if k_max < 1 or max(r.answer for r in rows) > k_max:
+            raise InputError(f"k_max {k_max}: need 1 <= k_max and every answer <= k_max")
+        self.handle, self.rows = handle, list(rows)
+        H = hooks.n_heads(handle.model)
+        self.readout = Readout.of(handle)
+        self.blocks = [_block(b, H) for b in handle.blocks]
+        self.comps = _components(H, self.blocks, self.readout)
+        self.count_ids = count_token_ids(handle, [r.template.answer_prefix for r in rows], k_max)
+        self.sites = [Site("resid", "emb"), *[Site(kind, layer) for layer in range(handle.n_layers)
+                                              for kind in ("resid", "attn", "mlp", "head")]]
+        self.dtype = torch.float32 if handle.device.type == "mps" else torch.float64
+        self.values = np.zeros((len(rows), len(self.comps)))
+        self.own = np.zeros(len(rows))
+
+    @torch.inference_mode()
+    def consume(self, got: dict[Site, torch.Tensor], output: Any, idx: list[int]) -> None:
+        """Attribute one batch: `got` holds every site at the answer position first ([B, P, ...]),
+        `output` the forward's output (logits at the answer position), rows `idx` of `rows`."""
+        readout, device = self.readout, self.handle.device
+        answers = torch.tensor([self.rows[j].answer for j in idx], device=device)
+        cid = self.count_ids[idx].to(readout.weight.device)
+        W_count = readout.weight[cid].to(device)
+        b_count = None if readout.bias is None else readout.bias[cid].to(device)
+        self.values[idx] = _attribute(got, self.blocks, readout, W_count, b_count, answers, self.dtype).cpu().numpy()
+        logits = output.logits[:, -1].gather(1, cid.to(output.logits.device)).to(self.dtype)
+        self.own[idx] = _metric(logits, answers.to(logits.device)).cpu().numpy()
+
+    def result(self) -> DLAResult:
+        comps, opts = self.comps, self.opts
+        mean, lo, hi = bootstrap_cells(self.values, opts.n_boot, opts.seed)
+        table = pd.DataFrame({"component": [c[0] for c in comps], "kind": [c[1] for c in comps],
+                              "layer": [c[2] for c in comps], "head": np.array([c[3] for c in comps], dtype=np.int64),
+                              "mean": mean, "ci_low": lo, "ci_high": hi,
+                              "n": np.full(len(comps), len(self.rows), dtype=np.int64)}, columns=TABLE_COLUMNS)
+        return DLAResult(table=table, summary=_summary(table, self.values, self.own, self.handle, self.k_max, opts))
+
+
 @torch.inference_mode()
 def run_dla(handle: ModelHandle, rows: Sequence[PromptRow], options: DLAOptions | None = None) -> DLAResult:
     """Direct logit attribution of the count metric at the answer position (no file I/O): every
     head, MLP, the embedding and the bias and remainder terms, which sum to the model's own metric."""
-    opts = options or DLAOptions()
-    if not rows:
-        raise InputError("no rows for direct logit attribution")
-    k_max = max(r.answer for r in rows) if opts.k_max is None else opts.k_max
-    if k_max < 1 or max(r.answer for r in rows) > k_max:
-        raise InputError(f"k_max {k_max}: need 1 <= k_max and every answer <= k_max")
-    model = handle.model
-    H = hooks.n_heads(model)
-    readout = Readout.of(handle)
-    blocks = [_block(b, H) for b in handle.blocks]
+    acc = Attribution(handle, rows, options)
     ids = [encode_prompt(handle, r.template, r.category, r.words).ids for r in rows]
-    count_ids = count_token_ids(handle, [r.template.answer_prefix for r in rows], k_max)
-    sites = [Site("resid", "emb"), *[Site(kind, layer) for layer in range(handle.n_layers)
-                                     for kind in ("resid", "attn", "mlp", "head")]]
-    dtype = torch.float32 if handle.device.type == "mps" else torch.float64
     order = sorted(range(len(rows)), key=lambda i: len(ids[i]))
-    values = np.zeros((len(rows), len(_components(H, blocks, readout))))
-    own = np.zeros(len(rows))
-    for i in range(0, len(order), opts.batch_size):
-        idx = order[i:i + opts.batch_size]
+    for i in range(0, len(order), acc.opts.batch_size):
+        idx = order[i:i + acc.opts.batch_size]
         batch = pad_left([ids[j] for j in idx], handle.pad_id, handle.device)
-        answers = torch.tensor([rows[j].answer for j in idx], device=handle.device)
-        cid = count_ids[idx].to(readout.weight.device)
-        with hooks.capture(handle, sites, positions=-1, to_cpu=False) as got:   # the answer is the last token
+        with hooks.capture(handle, acc.sites, positions=-1, to_cpu=False) as got:   # the answer is the last token
             out = forward(handle, batch)
-        W_count = readout.weight[cid].to(handle.device)
-        b_count = None if readout.bias is None else readout.bias[cid].to(handle.device)
-        values[idx] = _attribute(got, blocks, readout, W_count, b_count, answers, dtype).cpu().numpy()
-        logits = out.logits[:, -1].gather(1, cid.to(out.logits.device)).to(dtype)
-        own[idx] = _metric(logits, answers.to(logits.device)).cpu().numpy()
-    comps = _components(H, blocks, readout)
-    mean, lo, hi = bootstrap_cells(values, opts.n_boot, opts.seed)
-    table = pd.DataFrame({"component": [c[0] for c in comps], "kind": [c[1] for c in comps],
-                          "layer": [c[2] for c in comps], "head": np.array([c[3] for c in comps], dtype=np.int64),
-                          "mean": mean, "ci_low": lo, "ci_high": hi,
-                          "n": np.full(len(comps), len(rows), dtype=np.int64)}, columns=TABLE_COLUMNS)
-    return DLAResult(table=table, summary=_summary(table, values, own, handle, k_max, opts))
+        acc.consume(got, out, idx)
+    return acc.result()
 
 
 def _summary(table: pd.DataFrame, values: np.ndarray, own: np.ndarray, handle: ModelHandle, k_max: int,

@@ -29,7 +29,7 @@ import dataclasses
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 import numpy as np
 import pandas as pd
@@ -235,6 +235,14 @@ def _position_key(label: str) -> tuple[int, int]:
     return (1, 0) if label == "answer" else (0, int(label.split()[1]))
 
 
+class BatchConsumer(Protocol):
+    """Another analysis that reads the lens's forwards instead of running its own."""
+
+    sites: Sequence[Site]
+
+    def consume(self, got: dict[Site, torch.Tensor], output: Any, rows: list[int]) -> None: ...
+
+
 @dataclass
 class LensLogits:
     """The lens's count logits, row by row in the order given (what `run_lens` scores)."""
@@ -253,10 +261,15 @@ class LensLogits:
 
 @torch.inference_mode()
 def lens_logits(handle: ModelHandle, rows: Sequence[PromptRow], k_max: int | None = None,
-                positions: Sequence[str] = ("answer", "items"), batch_size: int = 32) -> LensLogits:
+                positions: Sequence[str] = ("answer", "items"), batch_size: int = 32,
+                also: BatchConsumer | None = None) -> LensLogits:
     """Each residual layer at the answer position ("answer") and at each list word's last token
     ("items") through the final norm and unembedding, restricted to the count tokens 0..k_max
-    (None: the largest count in the rows). Batches of similar length, left-padded; one forward each."""
+    (None: the largest count in the rows). Batches of similar length, left-padded; one forward each.
+
+    `also` shares those forwards: its `sites` are captured at the same positions (the answer
+    position first) and `also.consume(got, output, row indices)` sees every batch (how the study
+    runs direct logit attribution without a forward of its own)."""
     if not rows:
         raise InputError("no rows for the logit lens")
     if not positions or set(positions) - {"answer", "items"}:
@@ -273,6 +286,7 @@ def lens_logits(handle: ModelHandle, rows: Sequence[PromptRow], k_max: int | Non
     at = {id(r): i for i, r in enumerate(located)}
     layers = every_layer(handle.n_layers)
     sites = [Site("resid", layer) for layer in layers]
+    extra = [x for x in (also.sites if also else ()) if x not in set(sites)]
     logits: list[np.ndarray] = [np.empty(0)] * len(located)
     truth: list[np.ndarray] = [np.empty(0)] * len(located)
     own = np.zeros((len(located), k_max + 1), dtype=np.float32)
@@ -280,8 +294,10 @@ def lens_logits(handle: ModelHandle, rows: Sequence[PromptRow], k_max: int | Non
         idx = [at[id(r)] for r in group]
         batch, pos = encode_batch(handle, group)
         ids = count_ids[idx]
-        with capture(handle, sites, positions=pos, to_cpu=False) as got:
+        with capture(handle, sites + extra, positions=pos, to_cpu=False) as got:
             out = forward(handle, batch)
+        if also is not None:
+            also.consume(got, out, idx)
         own[idx] = out.logits[:, -1].float().gather(1, ids.to(out.logits.device)).cpu().numpy()  # soft-capped
         lg = torch.stack([readout.count_logits(got[site], ids).cpu() for site in sites], 1).numpy()  # [B, L+1, P, K+1]
         for j, r in enumerate(group):
@@ -294,11 +310,12 @@ def lens_logits(handle: ModelHandle, rows: Sequence[PromptRow], k_max: int | Non
 
 
 def run_lens(handle: ModelHandle, rows: Sequence[PromptRow], options: LensOptions | None = None,
-             directions: Directions | None = None) -> LensResult:
+             directions: Directions | None = None, also: BatchConsumer | None = None) -> LensResult:
     """The logit lens of every residual layer at the answer position and at each list word (no file
-    I/O); with `directions` (the probes stage's, `Directions.load`) also their alignment."""
+    I/O); with `directions` (the probes stage's, `Directions.load`) also their alignment; `also`
+    shares the forwards (`lens_logits`)."""
     opts = options or LensOptions()
-    ll = lens_logits(handle, rows, opts.k_max, opts.positions, opts.batch_size)
+    ll = lens_logits(handle, rows, opts.k_max, opts.positions, opts.batch_size, also)
     by_position: dict[str, list[np.ndarray]] = {}   # position -> per row [n_layers + 1, 3] (correct, p, rank)
     for i in range(len(ll.rows)):
         truth = torch.from_numpy(ll.truth[i])[None].expand(len(ll.layers), -1)

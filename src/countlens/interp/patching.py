@@ -17,6 +17,7 @@ per (site, layer, head, position) with a hook. Both must agree to 1e-4 in float3
 
 from __future__ import annotations
 
+import contextlib
 import math
 from collections.abc import Callable, Collection
 from dataclasses import asdict, dataclass, field
@@ -35,6 +36,7 @@ from countlens.models.hooks import n_heads
 from countlens.sites import Site, every_layer, layer_key, parse_layer
 from countlens.io import read_jsonl
 from countlens.results import PatchResult
+from countlens.models.generation import generate_batch, prefix_kv
 from countlens.models.handle import ModelHandle, keep_logits, pad_left
 from countlens.stats import bootstrap_ci, wilson_ci
 
@@ -556,23 +558,20 @@ def generate_sweep(handle: ModelHandle, enc: EncodedPairs, direction: str, confi
     for i0 in range(0, len(enc.ids), opts.batch_size):
         idx = list(range(i0, min(len(enc.ids), i0 + opts.batch_size)))
         b, s, starts, _ = _direction_tensors(enc, idx, direction, handle.device)
-        W = b["input_ids"].shape[1]
-        import contextlib
         with hooks.capture(handle, _source_sites(configs), positions=-1, to_cpu=False) as acts:
             handle.model(input_ids=s, attention_mask=b["attention_mask"], position_ids=b["position_ids"])
+        kv = prefix_kv(handle, b)  # the patch is at the last position: every generation shares the rest
 
         def gen(patch_cfg):
             stack = contextlib.ExitStack()
             if patch_cfg is not None:
                 v = acts[patch_cfg.module_site][:, 0]
                 v = v if patch_cfg.head is None else v[:, patch_cfg.head]
-                # only the prefill holds the patched position
+                # only the prefill (here: the last prompt position) holds the patched position
                 stack.enter_context(hooks.replace(handle, patch_cfg, v, positions=-1, prompt_only=True))
             with stack:
-                out = handle.model.generate(input_ids=b["input_ids"], attention_mask=b["attention_mask"],
-                                            max_new_tokens=opts.max_new_tokens, do_sample=False,
-                                            eos_token_id=handle.stop_ids, pad_token_id=handle.pad_id)
-            texts = handle.tokenizer.batch_decode(out[:, W:], skip_special_tokens=True)
+                new = generate_batch(handle, b, opts.max_new_tokens, prefix=kv)
+            texts = handle.tokenizer.batch_decode(new, skip_special_tokens=True)
             return [tokens_to_int(prefix + t) for t in texts]
 
         base_ans = gen(None)

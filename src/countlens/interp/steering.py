@@ -43,6 +43,7 @@ from countlens.results import SteerResult
 from countlens.sites import Site, every_layer, parse_layer
 from countlens.interp.directions import Directions
 from countlens.interp.probe_fit import FitConfig, full_fit_directions
+from countlens.models.generation import generate_batch, prefix_kv
 from countlens.models.handle import ModelHandle, keep_logits, pad_left
 from countlens.stats import interval_label, wilson_ci
 
@@ -327,11 +328,7 @@ def prompt_prefix(handle, enc: Encoded, idx: list[int]) -> tuple[dict, list]:
     """(the left-padded batch, the KV of every prompt position but the last): steering at the last
     position leaves those untouched, so every setting's generation starts from the same prefix."""
     batch = pad_left([enc.ids[i] for i in idx], handle.pad_id, handle.device)
-    mask = batch["attention_mask"]
-    pos = (mask.long().cumsum(-1) - 1).clamp(min=0)   # generate's own position ids (pads do not matter)
-    out = kvcache.forward(handle.model, input_ids=batch["input_ids"][:, :-1], attention_mask=mask[:, :-1],
-                          position_ids=pos[:, :-1], last_logits=True)
-    return batch, kvcache.kv_tensors(kvcache.output_cache(out))
+    return batch, prefix_kv(handle, batch)
 
 
 @torch.no_grad()
@@ -346,13 +343,9 @@ def generate_steered(handle, enc, idx, site, vectors, scale, positions, max_new_
     W = batch["input_ids"].shape[1]
     ctx = _add_rows(handle, site, torch.as_tensor(vectors, dtype=torch.float32) * scale, enc, idx, W, positions) \
         if scale != 0.0 else contextlib.nullcontext()
-    cache = {} if kv is None else {kvcache.cache_kwarg(type(handle.model)): kvcache.build_cache(
-        kv, handle.model.config, W - 1)}
     with ctx:
-        out = handle.model.generate(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
-                                    max_new_tokens=max_new_tokens, do_sample=False, eos_token_id=handle.stop_ids,
-                                    pad_token_id=handle.pad_id, **cache)
-    texts = handle.tokenizer.batch_decode(out[:, W:], skip_special_tokens=True)
+        new = generate_batch(handle, batch, max_new_tokens, prefix=kv)
+    texts = handle.tokenizer.batch_decode(new, skip_special_tokens=True)
     return [parse_lenient(prefix + t) for t in texts]
 
 

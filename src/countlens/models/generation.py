@@ -51,14 +51,9 @@ def greedy_generate(handle: ModelHandle, texts: list[str], max_new_tokens: int =
             o = kvcache.forward(handle.model, last_logits=True, **full)
             lp = torch.log_softmax(o.logits[:, -1].float(), -1).cpu()
             score[2](idx, lp[:, [a[0] for a in score[1]]])
-            W = batch["input_ids"].shape[1]
-            cache = {kvcache.cache_kwarg(type(handle.model)): kvcache.build_cache(
-                kvcache.kv_tensors(kvcache.output_cache(o)), handle.model.config, W - 1)}
+            cache = {"prefix": kvcache.kv_tensors(kvcache.output_cache(o))}
             del o
-        gen = handle.model.generate(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
-                                    max_new_tokens=max_new_tokens, do_sample=False, num_beams=1,
-                                    eos_token_id=handle.stop_ids, pad_token_id=handle.pad_id, **cache)
-        new = gen[:, batch["input_ids"].shape[1]:]
+        new = generate_batch(handle, batch, max_new_tokens, **cache)
         for j, i in enumerate(idx):
             out[i] = handle.tokenizer.decode(new[j], skip_special_tokens=True)
         if on_batch:
@@ -66,6 +61,35 @@ def greedy_generate(handle: ModelHandle, texts: list[str], max_new_tokens: int =
         if progress:
             progress(len(idx))
     return out
+
+
+@torch.no_grad()
+def prefix_kv(handle: ModelHandle, batch: dict[str, torch.Tensor]) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """KV of every position of a left-padded batch but the last: an edit at the last position only
+    (steering, patching the answer position) leaves it untouched, so generations under many such
+    edits can all start from it (`generate_batch(..., prefix=...)`)."""
+    pos = batch.get("position_ids")
+    if pos is None:
+        pos = (batch["attention_mask"].long().cumsum(-1) - 1).clamp(min=0)
+    out = kvcache.forward(handle.model, input_ids=batch["input_ids"][:, :-1],
+                          attention_mask=batch["attention_mask"][:, :-1], position_ids=pos[:, :-1], last_logits=True)
+    return kvcache.kv_tensors(kvcache.output_cache(out))
+
+
+@torch.no_grad()
+def generate_batch(handle: ModelHandle, batch: dict[str, torch.Tensor], max_new_tokens: int,
+                   prefix: list[tuple[torch.Tensor, torch.Tensor]] | None = None) -> torch.Tensor:
+    """Greedy new tokens [B, <= max_new_tokens] of a left-padded batch, stopping at end-of-turn.
+    `prefix`: KV of the batch's first W-1 positions or more (`prefix_kv`, or a longer prefill's
+    KV): generation then computes only the last prompt position onwards, with generate()'s own
+    position ids (the mask's cumulative sum), the same answers as without it (tested)."""
+    W = batch["input_ids"].shape[1]
+    cache = {} if prefix is None else {kvcache.cache_kwarg(type(handle.model)): kvcache.build_cache(
+        prefix, handle.model.config, W - 1)}
+    out = handle.model.generate(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                                max_new_tokens=max_new_tokens, do_sample=False, num_beams=1,
+                                eos_token_id=handle.stop_ids, pad_token_id=handle.pad_id, **cache)
+    return out[:, W:]
 
 
 def _shared_prefix(seqs: list[list[int]], with_suffix: list[list[int]], idx: list[int]) -> bool:

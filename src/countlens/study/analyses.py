@@ -80,13 +80,18 @@ def run_analyses(handle: Any, out: str | Path, *, data: str | Path, n: int | Non
     res = AnalysesResult(out=out)
     rows = read_rows(data, n, template=template, native=handle.native_template) \
         if {"lens", "dla", "attention"} & set(which) else []
+    shared_dla = None
     if "lens" in which:
         from countlens.interp.directions import Directions
         from countlens.interp.lens import LensOptions, run_lens
         from countlens.report.lens_figures import lens_figures
 
         dirs = Directions.load(probes) if probes and (probes / "directions" / "resid-last").is_dir() else None
-        r = run_lens(handle, rows, LensOptions(batch_size=batch_size), directions=dirs)
+        if "dla" in which:  # direct logit attribution reads the lens's forwards (one forward for both)
+            from countlens.interp.dla import Attribution, DLAOptions
+
+            shared_dla = Attribution(handle, rows, DLAOptions(batch_size=batch_size))
+        r = run_lens(handle, rows, LensOptions(batch_size=batch_size), directions=dirs, also=shared_dla)
         r.save(out / "lens")
         lens_figures(r.table, r.summary, out / "lens", probe=_probe_rows(probes))
         res.results["lens"] = r
@@ -94,7 +99,7 @@ def run_analyses(handle: Any, out: str | Path, *, data: str | Path, n: int | Non
         from countlens.interp.dla import DLAOptions, run_dla
         from countlens.report.dla_figures import dla_figures
 
-        r = run_dla(handle, rows, DLAOptions(batch_size=batch_size))
+        r = shared_dla.result() if shared_dla is not None else run_dla(handle, rows, DLAOptions(batch_size=batch_size))
         r.save(out / "dla")
         dla_figures(r.table, r.summary, out / "dla")
         res.results["dla"] = r

@@ -9,12 +9,20 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
-from typing import Literal, Optional
+from typing import Annotated, Literal, Optional
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, PrivateAttr, ValidationError
 
 from countlens.errors import InputError
+
+
+def _layer_names(v):
+    """Layers as written in YAML: `[emb, 0, 14]` (numbers) or `["emb", "0"]` (strings) both work."""
+    return [str(x) if isinstance(x, int) and not isinstance(x, bool) else x for x in v] if isinstance(v, list) else v
+
+
+Layers = Annotated[Optional[list[str]], BeforeValidator(_layer_names)]
 
 
 class _Strict(BaseModel):
@@ -54,8 +62,8 @@ class PatchConfig(_Strict):
     directions: list[Literal["denoise", "noise"]] = ["denoise"]
     method: Literal["fast", "reference"] = "fast"
     generate: bool = True
-    generate_layers: Optional[list[str]] = None   # None: every layer (shallow) or GENERATE_LAYERS spread (deep)
-    named_layers: Optional[list[str]] = None      # positions=named: resid layers at the list words (deep: a spread)
+    generate_layers: Layers = None   # None: every layer (shallow) or GENERATE_LAYERS spread (deep)
+    named_layers: Layers = None      # positions=named: resid layers at the list words (deep: a spread)
     filter: Literal["greedy", "sampled", "none"] = "greedy"
     batch_size: int = 16
 
@@ -63,7 +71,7 @@ class PatchConfig(_Strict):
 class ProbeConfig(_Strict):
     n: int = Field(600, ge=20)
     sites: str = "resid"
-    layers: Optional[list[str]] = None       # None: every layer (shallow) or PROBE_LAYERS spread (deep)
+    layers: Layers = None                    # None: every layer (shallow) or PROBE_LAYERS spread (deep)
     positions: list[Literal["last", "items", "prefix"]] = ["last", "items"]
     split: Literal["random", "category", "length"] = "random"
     folds: int = 5
@@ -72,7 +80,7 @@ class ProbeConfig(_Strict):
 
 class SteerConfig(_Strict):
     n: int = Field(600, ge=40)
-    layers: Optional[list[str]] = None       # None: every layer (shallow) or STEER_LAYERS spread (deep)
+    layers: Layers = None                    # None: every layer (shallow) or STEER_LAYERS spread (deep)
     scales: list[float] = [-1.0, 0.0, 1.0, 2.0, 3.0]
     positions: Literal["last", "from-list", "all"] = "last"
     vectors: list[Literal["mean-diff", "probe"]] = ["mean-diff", "probe"]
@@ -143,8 +151,11 @@ PROBE_LAYERS = 11
 STEER_LAYERS = 8
 DEEP_GENERATE_N = 50
 NAMED_LAYERS = 11
-DEEP_QUICK_SIZES = {"pairs.n": 32, "bench.n": 200, "probes.n": 400, "steer.n": 320, "steer.batch_size": 16,
-                    "analyses.n": 120}
+QUICK_NAMED_LAYERS = 8  # the quick preset on a deep model: resid at the list words on fewer layers
+# Sizes that fit a deep (30-layer, 135 M) model's whole quick study in <= 10 minutes on 2 CPU cores
+# (BENCHMARKS.md); the seed and full presets keep the larger defaults.
+DEEP_QUICK_SIZES = {"pairs.n": 24, "bench.n": 200, "probes.n": 300, "probes.folds": 3, "steer.n": 240,
+                    "steer.batch_size": 16, "analyses.n": 96}
 
 
 def spread_layers(n_layers: int, k: int) -> list[str]:
@@ -177,7 +188,8 @@ def fit_to_model(cfg: "StudyConfig", n_layers: int) -> "StudyConfig":
         "generate_layers": cfg.patch.generate_layers if cfg.patch.generate_layers is not None
         else (spread_layers(n_layers, GENERATE_LAYERS) if deep else None),
         "named_layers": cfg.patch.named_layers if cfg.patch.named_layers is not None
-        else (spread_layers(n_layers, NAMED_LAYERS) if deep else None)})
+        else (spread_layers(n_layers, QUICK_NAMED_LAYERS if cfg.preset == "quick" else NAMED_LAYERS)
+              if deep else None)})
     pr = cfg.probes.model_copy(update={"layers": cfg.probes.layers if cfg.probes.layers is not None
                                        else (spread_layers(n_layers, PROBE_LAYERS) if deep else None)})
     # Steering's layers are among the probes' so that it can steer along their saved directions.
