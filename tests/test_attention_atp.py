@@ -48,6 +48,22 @@ def organism_atp(tmp_path_factory):
     return handle, a, e, pairs
 
 
+def test_atp_batches_shrink_to_the_memory_budget_with_the_same_estimates(organism_atp):
+    """The backward holds every layer's activations for the batch: `memory_budget` bounds the pairs per
+    batch (AtP's 5 GB peak on SmolLM2 at 16 pairs), and the estimates do not depend on it."""
+    from countlens.interp.atp import pair_bytes
+
+    handle, a, _, pairs = organism_atp
+    assert a.summary["pairs_per_batch"] == 16  # a 1 GB budget does not bind on the organism
+    one = run_atp(handle, pairs, AtPOptions(sites=("resid",), memory_budget=1))
+    assert one.summary["pairs_per_batch"] == 1 and one.summary["batches"] == one.summary["kept_pairs"]
+    m = a.table.merge(one.table, on=KEY)  # a batch of one lists only its own pair's positions
+    assert len(m) == len(one.table) > 1000 and (m.value_x - m.value_y).abs().max() < 1e-4  # batch padding: float noise
+    per = pair_bytes(handle, 70, 5)
+    two = run_atp(handle, pairs, AtPOptions(sites=("resid",), memory_budget=int(2.5 * per)))
+    assert two.summary["pairs_per_batch"] == 2
+
+
 def test_atp_agrees_with_exact_patching_on_the_organism_resid_grid(organism_atp, tmp_path):
     handle, a, e, pairs = organism_atp
     assert a.summary["kept_pairs"] == e.summary["kept_pairs"] >= 10

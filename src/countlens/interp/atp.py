@@ -85,6 +85,19 @@ class AtPOptions(BaseModel):
     seed: int = 0
     template: str | None = None
     top_k: int = 20                         # cells listed in the summary
+    memory_budget: int = 1 << 30            # bytes a batch's forward + backward may hold: fewer pairs per batch
+
+
+def pair_bytes(handle: ModelHandle, T: int, n_sites: int) -> int:
+    """Estimated bytes one pair of T tokens holds in `estimate_batch`: what autograd saves for the
+    backward (per layer and token ~10 d + 4 d_mlp floats, and the attention probabilities), plus
+    each site's base and source activation and gradient. On SmolLM2 (T 120) ~0.3 GB, as measured."""
+    cfg = handle.model.config
+    d = cfg.hidden_size
+    d_mlp = getattr(cfg, "intermediate_size", None) or getattr(cfg, "n_inner", None) or 4 * d
+    H, L = hooks.n_heads(handle.model), handle.n_layers
+    floats = L * T * (10 * d + 4 * d_mlp) + 3 * L * H * T * T + 3 * n_sites * T * d
+    return floats * next(handle.model.parameters()).element_size()
 
 
 def metric_gradients(handle: ModelHandle, inputs: dict[str, torch.Tensor], hi: torch.Tensor, lo: torch.Tensor,
@@ -198,10 +211,13 @@ def run_atp(handle: ModelHandle, pairs: list[dict], options: AtPOptions | None =
     fallback = kept_fallback if kept_ids is not None else fallback
     configs = sweep_configs(handle, opts.sites, opts.layers)
     order = sorted(range(len(kept.ids)), key=lambda i: len(kept.low[i]))   # exact patching's batches
+    n_sites = len({c.module_site for c in configs})
+    per_pair = pair_bytes(handle, max(len(kept.low[i]) for i in order), n_sites)
+    bs = max(1, min(opts.batch_size, opts.memory_budget // per_pair))     # the budget, not the batch size, binds
     frames, batches = [], 0
     for direction in opts.directions:
-        for i0 in range(0, len(order), max(1, opts.batch_size)):
-            idx = order[i0:i0 + max(1, opts.batch_size)]
+        for i0 in range(0, len(order), bs):
+            idx = order[i0:i0 + bs]
             base, src, starts, hi, lo = _batch_tensors(kept, idx, direction, handle.device)
             W = base["input_ids"].shape[1]
             wanted = None
@@ -219,7 +235,7 @@ def run_atp(handle: ModelHandle, pairs: list[dict], options: AtPOptions | None =
                "kept_pairs": len(kept.ids), "filter": opts.filter if fallback is None else "none",
                "filter_requested": opts.filter, "filter_fallback": fallback, "sites": list(opts.sites),
                "positions": opts.positions, "directions": list(opts.directions), "batches": batches,
-               "forwards": 2 * batches, "backwards": batches, "seconds": time.perf_counter() - t0,
+               "forwards": 2 * batches, "backwards": batches, "pairs_per_batch": bs, "seconds": time.perf_counter() - t0,
                "per_layer": _per_layer(table, opts),
                "top_cells": choose_cells(table, opts.top_k).to_dict("records")}
     return AtPResult(table=table, summary=summary | {"options": opts.model_dump(mode="json")})

@@ -67,7 +67,7 @@ def run_analyses(handle: Any, out: str | Path, *, data: str | Path, n: int | Non
                  which: Sequence[str] = ANALYSES, batch_size: int = 16, template: str | None = None,
                  pairs: str | Path | None = None, patch: str | Path | None = None,
                  probes: str | Path | None = None, patch_config: Any = None,
-                 log: Callable[[str], None] | None = None) -> AnalysesResult:
+                 log: Callable[[str], None] | None = None, memory_budget: int = 1 << 30) -> AnalysesResult:
     """Run the chosen analyses on `data` (and `pairs` for AtP) and write OUT/<analysis>/ with figures."""
     from countlens.errors import InputError
     from countlens.interp.acts import read_rows
@@ -112,11 +112,12 @@ def run_analyses(handle: Any, out: str | Path, *, data: str | Path, n: int | Non
         attention_figures(r.table, r.summary, out / "attention")
         res.results["attention"] = r
     if "atp" in which:
-        res.results["atp"] = _atp(handle, out / "atp", pairs, patch, patch_config, template, batch_size, log)
+        res.results["atp"] = _atp(handle, out / "atp", pairs, patch, patch_config, template, batch_size, log,
+                                  memory_budget)
     return res
 
 
-def _atp(handle, out: Path, pairs, patch, patch_config, template, batch_size, log):
+def _atp(handle, out: Path, pairs, patch, patch_config, template, batch_size, log, memory_budget):
     """AtP on the patching stage's pairs and grid, compared with its exact table where both exist."""
     import pandas as pd
 
@@ -131,7 +132,7 @@ def _atp(handle, out: Path, pairs, patch, patch_config, template, batch_size, lo
     positions = "all" if pc is None or pc.positions in ("auto", "all") else pc.positions
     opts = AtPOptions(sites=tuple(pc.sites) if pc else ("resid", "attn", "mlp", "head"), positions=positions,
                       directions=tuple(pc.directions) if pc else ("denoise",), batch_size=batch_size,
-                      filter=pc.filter if pc else "greedy", template=template)
+                      filter=pc.filter if pc else "greedy", template=template, memory_budget=memory_budget)
     exact = Path(patch) / "table.parquet" if patch else None
     table = pd.read_parquet(exact) if exact is not None and exact.exists() else None
     kept, fallback = None, None

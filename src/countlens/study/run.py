@@ -178,7 +178,8 @@ class Study:
         return run_analyses(self.handle, d, data=self.data_file, n=c.n, which=tuple(c.run),
                             batch_size=c.batch_size, template=self.cfg.template,
                             pairs=self.out / "pairs" / "pairs.jsonl", patch=self.out / "patch",
-                            probes=self.out / "probes", patch_config=self.cfg.patch, log=self.log)
+                            probes=self.out / "probes", patch_config=self.cfg.patch, log=self.log,
+                            memory_budget=self.cfg.memory_budget_bytes)
 
     def report(self, d: Path) -> Any:
         from countlens.report.html import write_report
