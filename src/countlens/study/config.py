@@ -154,8 +154,8 @@ NAMED_LAYERS = 11
 QUICK_NAMED_LAYERS = 8  # the quick preset on a deep model: resid at the list words on fewer layers
 # Sizes that fit a deep (30-layer, 135 M) model's whole quick study in <= 10 minutes on 2 CPU cores
 # (BENCHMARKS.md); the seed and full presets keep the larger defaults.
-DEEP_QUICK_SIZES = {"pairs.n": 24, "bench.n": 160, "probes.n": 300, "probes.folds": 3, "steer.n": 200,
-                    "steer.batch_size": 16, "analyses.n": 80}
+DEEP_QUICK_SIZES = {"pairs.n": 24, "bench.n": 160, "probes.n": 260, "probes.folds": 3, "steer.n": 200,
+                    "steer.batch_size": 16, "analyses.n": 64}
 
 
 def spread_layers(n_layers: int, k: int) -> list[str]:
