@@ -122,7 +122,7 @@ def test_reduced_study_end_to_end_with_a_report(tmp_path):
     # the list words on 8 layers and steers on a subset of the probe layers), and a short analyses stage
     cfg.write_text("model: smollm2-135m\ndata: {n: 60}\npairs: {n: 4}\nbench: {n: 24}\n"
                    "patch: {generate: false, named_layers: [emb, 0, 3, 6, 10, 13, 16, 19, 23, 26, 29]}\n"
-                   "probes: {n: 60, folds: 2}\nanalyses: {n: 12}\n"
+                   "probes: {n: 60, folds: 2}\nanalyses: {n: 20}\n"
                    "steer: {n: 60, scales: [0.0, 1.0], generate: false, layers: [emb, 0, 5, 10, 14, 19, 24, 29]}\n")
     out = tmp_path / "run"
     proc = run_cli("run", str(cfg), "--out", str(out), "--json", check=True)
