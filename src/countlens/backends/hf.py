@@ -88,7 +88,8 @@ class HFBackend(Backend):
         done = [i for i, m in memo.items() if want and m is not None and m[0][:len(want)] == want]
         if done:  # scored by an earlier generate run's prefill on this handle (greedy_generate's `score`)
             store(done, [memo[i][1][:len(want)] for i in done])
-        todo = [i for i in range(len(texts)) if i not in set(done)]
+        finished = set(done)
+        todo = [i for i in range(len(texts)) if i not in finished]
         if todo:
             answer_logprobs(self.handle, [texts[i] for i in todo], answers, self.batch_size,
                             on_batch=lambda idx, rows: store([todo[j] for j in idx], rows))

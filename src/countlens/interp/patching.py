@@ -670,7 +670,8 @@ def select_pairs(handle: ModelHandle, pairs: list[dict], opts: PatchOptions, ver
         raise InputError(f"none of the {len(pairs)} pairs is token-aligned under this model's tokenizer "
                          "(rebuild them with `countlens data pairs --tokenizer` for this model)")
     if kept_ids is not None:
-        keep = [i in set(kept_ids) for i in enc.ids]
+        wanted = set(kept_ids)
+        keep = [i in wanted for i in enc.ids]
         if not any(keep):
             raise InputError("none of the given pair ids is among these aligned pairs")
         return enc, enc.subset(keep), int(sum(keep)), None
