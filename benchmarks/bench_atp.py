@@ -21,7 +21,6 @@ Any model `countlens.load` takes: the shipped organism (default) or `smollm2-135
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import random
 import statistics
@@ -114,7 +113,7 @@ def main() -> None:
         offsets = sorted(rng.sample(range(-span, 0), k_pos))
         sample_configs = sweep_configs(handle, sites, keep_layers)
         sampled = grid_cells(enc, len(sample_configs), offsets)
-        opts = dataclasses.replace(exact_opts, layers=keep_layers, positions=",".join(map(str, offsets)))
+        opts = exact_opts.model_copy(update={"layers": keep_layers, "positions": ",".join(map(str, offsets))})
         t, _ = timed(lambda: run_patching(handle, pairs, opts), args.repeats)
         row.update(exact_extrapolated=True, exact_sampled_cells=sampled, exact_sample_s=t,
                    exact_sample_layers=[str(x) for x in keep_layers], exact_sample_offsets=offsets,

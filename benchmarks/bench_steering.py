@@ -18,7 +18,6 @@ results are compared too (max |log-prob difference|, answers that differ).
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import statistics
 import sys
@@ -56,7 +55,7 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--scales", default=",".join(str(s) for s in DEFAULT_SCALES))
     ap.add_argument("--vectors", default=",".join(VECTORS))
     ap.add_argument("--batch-size", type=int, default=64)
-    ap.add_argument("--memory-budget", type=int, default=SteerOptions.memory_budget)
+    ap.add_argument("--memory-budget", type=int, default=SteerOptions().memory_budget)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--reference-repeats", type=int, default=None, help="default: --repeats")
     ap.add_argument("--template", default=None)
@@ -80,7 +79,7 @@ def main(argv: list[str] | None = None) -> dict:
                         batch_size=args.batch_size, memory_budget=args.memory_budget, generate=False,
                         template=args.template, seed=args.seed)
     inp = prepare_sweep(handle, rows, opts)
-    fast_opts, ref_opts = (dataclasses.replace(opts, method=m) for m in ("fast", "reference"))
+    fast_opts, ref_opts = (opts.model_copy(update={"method": m}) for m in ("fast", "reference"))
 
     def run(o):
         with torch.no_grad():

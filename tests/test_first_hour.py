@@ -124,4 +124,4 @@ def test_steer_help_shows_its_default_scales():
     from countlens.interp.steering import DEFAULT_SCALES
 
     text = re.sub(r"[\s│|]+", "", run_cli("steer", "--help", check=True).stdout)   # no spaces, no box
-    assert "default:" + ",".join(f"{x:g}" for x in DEFAULT_SCALES) + ";" in text
+    assert "default:" + ",".join(f"{x:g}" for x in DEFAULT_SCALES) + "]" in text

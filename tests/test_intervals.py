@@ -114,7 +114,7 @@ def test_steering_success_at_100_and_0_percent_has_wilson_intervals():
 
 
 def test_probe_text_table_is_in_percent_with_wilson_intervals_and_aligned():
-    from countlens.cli import probe_table
+    from countlens.report.text import probe_table
 
     row = {"accuracy": 1.0, "ci_low": 0.9287, "ci_high": 1.0, "control_accuracy": 0.2, "selectivity": 0.8, "r2": 0.97}
     s = {"n_examples": 50, "site": "resid", "split": "random", "folds": 5,

@@ -36,7 +36,10 @@ _LAZY = {"run_bench": "countlens.bench.runner", "collect_activations": "countlen
          "run_probes": "countlens.interp.probes",
          "run_patching": "countlens.interp.patching", "run_steering": "countlens.interp.steering",
          "run_study": "countlens.study.run", "run_analyses": "countlens.study.analyses", "build_config": "countlens.study.config",
-         "StudyConfig": "countlens.study.config", "load_model": "countlens.models.handle"}
+         "StudyConfig": "countlens.study.config", "load_model": "countlens.models.handle",
+         **{o: "countlens.options" for o in ("PatchOptions", "SteerOptions", "ProbeOptions", "ActsOptions",
+                                            "BenchOptions", "DataOptions", "PairsOptions", "AnalysesOptions",
+                                            "LoadOptions")}}
 
 
 def build_pairs(data, tokenizer, n: int, out, **kwargs) -> dict:
@@ -62,6 +65,9 @@ def __getattr__(name: str):
 
 __all__ = [
     "InputError",
+    "PatchOptions",
+    "SteerOptions",
+    "ProbeOptions",
     "StudyConfig",
     "build_config",
     "load_model",

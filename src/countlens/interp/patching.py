@@ -20,7 +20,7 @@ from __future__ import annotations
 import contextlib
 import math
 from collections.abc import Callable, Collection
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -38,32 +38,11 @@ from countlens.io import read_jsonl
 from countlens.results import PatchResult
 from countlens.models.generation import generate_batch, prefix_kv
 from countlens.models.handle import ModelHandle, keep_logits, pad_left
+from countlens.options import PatchOptions
 from countlens.stats import bootstrap_ci, wilson_ci
 
 SITE_KINDS = ("resid", "attn", "mlp", "head")
 METRICS = ("logit_diff", "normalized", "p_target", "exact_match")
-
-
-@dataclass
-class PatchOptions:
-    sites: tuple[str, ...] = ("resid",)
-    positions: str = "last"                 # last | all | named | comma-separated offsets from the end (-1 = last)
-    component_positions: str | None = None  # positions for attn / mlp / head sites (None: as `positions`)
-    layers: tuple | None = None             # restrict the sweep to these layers ("emb", 0, 3, ...); None: all
-    generate_layers: tuple | None = None    # layers of the generate protocol (None: every swept resid layer)
-    named_layers: tuple | None = None       # with positions=named: resid layers patched at the changed and last
-                                            # list word (every layer is patched at the answer); None: all
-    directions: tuple[str, ...] = ("denoise",)
-    method: str = "fast"                    # fast | reference
-    batch_size: int = 16                    # pairs per batch (rows = pairs x sweep configs)
-    memory_budget: int = 1 << 30            # bytes per fast-path forward; rows are chunked to fit
-    filter: str = "greedy"                  # greedy | sampled | none
-    k_samples: int = 5
-    generate: bool = False                  # also the original study's generate-and-parse protocol
-    max_new_tokens: int = 8
-    n_boot: int = 1000
-    seed: int = 0
-    template: str | None = None
 
 
 @dataclass
@@ -852,7 +831,7 @@ def save_result(result: PatchResult, out: str | Path) -> dict:
     if result.cells is not None:
         with atomic_path(out / "cells.parquet") as tmp:
             result.cells.to_parquet(tmp, index=False)
-    summary = result.summary | {"options": asdict(result.options)}
+    summary = result.summary | {"options": result.options.model_dump(mode="json")}
     figures = [str(p) for p in result.plot(out)]
     summary["figures"] = figures
     write_json(out / "summary.json", summary)

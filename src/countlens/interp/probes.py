@@ -34,10 +34,10 @@ from countlens.interp.probe_fit import Cell, CellFit, FitConfig, fit_cell, mean_
 from countlens.interp.store import ActStore, write_parquet
 from countlens.sites import Site, layer_key, parse_layer
 from countlens.io import write_json
+from countlens.options import CONTROLS
 from countlens.stats import interval_label
 
 SPLITS = ("random", "category", "length")
-CONTROLS = ("majority", "control", "shuffled", "input")
 TABLE_COLUMNS = ["site", "kind", "layer", "depth", "position", "item", "probe", "metric", "value", "ci_low",
                  "ci_high", "n"]
 

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -45,31 +45,8 @@ from countlens.interp.directions import Directions
 from countlens.interp.probe_fit import FitConfig, full_fit_directions
 from countlens.models.generation import generate_batch, prefix_kv
 from countlens.models.handle import ModelHandle, keep_logits, pad_left
+from countlens.options import DEFAULT_SCALES, VECTORS, SteerOptions
 from countlens.stats import interval_label, wilson_ci
-
-VECTORS = ("mean-diff", "one-more", "probe", "random")
-DEFAULT_SCALES = (-2.0, -1.0, -0.5, 0.0, 0.5, 1.0, 1.5, 2.0, 2.5, 3.0, 4.0)
-
-
-@dataclass
-class SteerOptions:
-    layers: tuple | None = None          # default: "emb" and every block
-    scales: tuple[float, ...] = DEFAULT_SCALES
-    positions: str = "last"              # last | from-list | all
-    vectors: tuple[str, ...] = ("mean-diff", "one-more", "probe", "random")
-    train_frac: float = 0.5
-    batch_size: int = 64
-    generate: bool = True
-    generate_n: int | None = None        # generation checks on the first N held-out examples (None: all)
-    max_new_tokens: int = 6
-    n_boot: int = 1000
-    seed: int = 0
-    template: str | None = None
-    method: str = "fast"                 # fast (KV-cached last position; positions=last) | reference
-    directions: str | None = None        # a probes output folder: steer along its saved directions instead
-                                         # of fitting on a training half (resid, answer position); then
-                                         # every row is held out: give rows the probes did not see
-    memory_budget: int = 1 << 30         # bytes of KV-cache copies (+ logits) per fast forward
 
 
 @dataclass
@@ -366,6 +343,12 @@ class SweepInputs:
     settings: list[tuple]        # (layer, kind, scale) in table order
 
 
+def train_size(n_rows: int, opts: SteerOptions) -> int:
+    """The split rule: the first int(n * train_frac) rows fit the vectors, the rest are held out (every row
+    is held out when the directions come from a probes folder)."""
+    return 0 if opts.directions else int(n_rows * opts.train_frac)
+
+
 def prepare_sweep(handle: ModelHandle, rows: list[dict], opts: SteerOptions) -> SweepInputs:
     """Check options, split rows, fit vectors on the training part, lay out the held-out sweep."""
     for v in opts.vectors:
@@ -379,7 +362,7 @@ def prepare_sweep(handle: ModelHandle, rows: list[dict], opts: SteerOptions) -> 
         raise InputError(f"memory_budget must be a positive number of bytes (got {opts.memory_budget})")
     tpl = handle.template(opts.template)
     # With saved directions (fitted on a probes run's own examples) every row is held out.
-    n_train = 0 if opts.directions else int(len(rows) * opts.train_frac)
+    n_train = train_size(len(rows), opts)
     train_rows, test_rows = rows[:n_train], rows[n_train:]
     if len(test_rows) < 10 or (n_train < 10 and not opts.directions):
         raise InputError(f"need at least 10 training and 10 held-out examples (got {n_train} and {len(test_rows)})")
@@ -457,7 +440,7 @@ def run_steering(handle: ModelHandle, rows: list[dict], opts: SteerOptions | Non
         summary["generate"] = _generate_checks(handle, test, eval_idx, inp.vecs, summary, opts,
                                                inp.template.answer_prefix)
     summary |= {"n_train": inp.n_train, "n_test": inp.n_test, "n_eval": len(eval_idx), "max_count": K,
-                "layers": [str(x) for x in layers], "options": asdict(opts), "unsteered_accuracy":
+                "layers": [str(x) for x in layers], "options": opts.model_dump(mode="json"), "unsteered_accuracy":
                 float((base_ans == test.answers[eval_idx]).mean())}
     return SteerResult(table=table, summary=summary, transitions=transitions)
 

@@ -19,7 +19,7 @@ from countlens.data.templates import Template, load_template, template_from_dict
 from countlens.errors import InputError
 from countlens.models import gguf, prompts
 from countlens.models.hub import from_pretrained
-from countlens.models.registry import preflight, resolve
+from countlens.models.registry import preflight, read_meta, resolve
 
 # Where decoder blocks live, by architecture family (attribute path from the CausalLM).
 BLOCK_PATHS = ("model.layers", "model.language_model.layers", "transformer.h", "gpt_neox.layers",
@@ -169,11 +169,8 @@ def load(name_or_path: str = "organism", *, device: str | None = None, dtype: st
     if not device_map:
         model.to(device or best_device())
     model.eval()
-    info: dict = {}
     native = None
-    meta = Path(path) / "countlens.json"
-    if meta.exists():
-        info = json.loads(meta.read_text())
+    info = read_meta(path)
     if (Path(path) / gguf.MARKER).exists():
         info["gguf"] = json.loads((Path(path) / gguf.MARKER).read_text())
     if "template" in info:

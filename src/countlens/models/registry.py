@@ -70,6 +70,31 @@ def organism_path() -> Path:
     return Path(str(resources.files("countlens.models").joinpath("organism_weights")))
 
 
+def read_meta(folder: str | Path, *, required: bool = False) -> dict:
+    """A model folder's countlens.json (native template, recipe, accuracy): the one reader of it."""
+    import json
+
+    meta = Path(folder) / "countlens.json"
+    if not meta.exists():
+        if required:
+            raise InputError("no countlens.json: not an organism folder", file=str(folder))
+        return {}
+    return json.loads(meta.read_text())
+
+
+def organism_info(model: str = "organism") -> dict:
+    """The organism's native template, accuracy, recipe and size (`countlens organism info`)."""
+    import json
+
+    path = Path(resolve(model))
+    meta = read_meta(path, required=True)
+    cfg = json.loads((path / "config.json").read_text())
+    return {"path": str(path), "template": meta["template"], "accuracy": meta.get("accuracy"),
+            "eval": meta.get("eval"), "steps": meta.get("steps"), "train_minutes": meta.get("train_minutes"),
+            "architecture": cfg.get("architectures", ["?"])[0], "n_layers": cfg.get("num_hidden_layers"),
+            "d_model": cfg.get("hidden_size"), "recipe": meta.get("recipe")}
+
+
 def names() -> list[str]:
     return ["organism", *NAMED, *ADAPTED]
 

@@ -6,105 +6,63 @@ only change sizes and grids.
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 from pathlib import Path
-from typing import Annotated, Literal, Optional
+from typing import Any, Literal, Optional
 
 import yaml
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, PrivateAttr, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, create_model
 
 from countlens.errors import InputError
-
-
-def _layer_names(v):
-    """Layers as written in YAML: `[emb, 0, 14]` (numbers) or `["emb", "0"]` (strings) both work."""
-    return [str(x) if isinstance(x, int) and not isinstance(x, bool) else x for x in v] if isinstance(v, list) else v
-
-
-Layers = Annotated[Optional[list[str]], BeforeValidator(_layer_names)]
+from countlens.options import (AnalysesOptions, BenchOptions, DataOptions, LoadOptions, PairsOptions, PatchOptions, ProbeOptions,
+                               SteerOptions, parse_bytes)
 
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
-class DataConfig(_Strict):
-    n: int = Field(600, ge=20)
-    seed: int = 0
-    min_len: int = 5
-    max_len: int = 10
-    max_count: int = 5
-    lexicon: str = "clean-v1"
-    file: Optional[str] = None          # use an existing JSONL instead of generating
+def section(options: type[BaseModel], name: str, *, drop: tuple[str, ...] = (), defaults: dict | None = None,
+            **own: Any) -> type[BaseModel]:
+    """A StudyConfig section made from a stage's Options: the same fields, validation and defaults (so each
+    is written once), less the keys the study sets for every stage (`drop`: template, memory budget),
+    with the study's own choices (`defaults`) and keys (`own`, e.g. `n`, the examples it uses)."""
+    fields: dict[str, Any] = dict(own)
+    for key, info in options.model_fields.items():
+        if key in drop:
+            continue
+        info = copy.copy(info)
+        if defaults and key in defaults:
+            info.default = defaults[key]
+        fields[key] = (info.annotation, info)
+    return create_model(name, __base__=_Strict, __doc__=options.__doc__, **fields)
 
 
-class PairsConfig(_Strict):
-    n: int = Field(40, ge=1)
-    change_at: Literal["first", "last", "random", "all"] = "first"
-    seed: int = 0
+DataConfig = section(DataOptions, "DataConfig", drop=("template",), n=(int, Field(600, ge=20)),
+                     file=(Optional[str], Field(None, description="Use an existing JSONL instead of generating.")))
+PairsConfig = section(PairsOptions, "PairsConfig", drop=("lexicon", "template"), n=(int, Field(40, ge=1)))
+BenchConfig = section(BenchOptions, "BenchConfig", drop=("mode",), n=(int, Field(300, ge=1)),
+                      modes=(list[Literal["generate", "score"]], ["generate", "score"]))
+# "auto" positions: every position from the changed word on for a shallow model (<= DEEP layers), else
+# the named positions (changed word, last list word, answer) for resid and the answer position for
+# attn / mlp / head (fit_to_model); generate_layers / named_layers None: a spread on a deep model.
+PatchConfig = section(PatchOptions, "PatchConfig", drop=("template", "memory_budget"),
+                      defaults={"sites": ("resid", "attn", "mlp", "head"), "positions": "auto",
+                                "component_positions": "auto", "generate": True})
+ProbeConfig = section(ProbeOptions, "ProbeConfig", drop=("template",), n=(int, Field(600, ge=20)),
+                      defaults={"sites": ("resid",), "positions": ("last", "items")})
+SteerConfig = section(SteerOptions, "SteerConfig", drop=("template", "memory_budget", "directions"),
+                      n=(int, Field(600, ge=40)),
+                      defaults={"scales": (-1.0, 0.0, 1.0, 2.0, 3.0), "vectors": ("mean-diff", "probe")})
+AnalysesConfig = section(AnalysesOptions, "AnalysesConfig", drop=("template",), n=(int, Field(200, ge=20)))
 
 
-class BenchConfig(_Strict):
-    n: int = Field(300, ge=1)
-    modes: list[Literal["generate", "score"]] = ["generate", "score"]
-    max_new_tokens: int = 8
-    batch_size: int = 64
-
-
-class PatchConfig(_Strict):
-    sites: list[Literal["resid", "attn", "mlp", "head"]] = ["resid", "attn", "mlp", "head"]
-    # "auto": every position from the changed word on for a shallow model (<= DEEP layers), else
-    # the named positions (changed word, last list word, answer) for resid and the answer
-    # position for attn / mlp / head; or any --positions value for every site.
-    positions: str = "auto"
-    component_positions: str = "auto"        # positions for attn / mlp / head ("auto": as above)
-    directions: list[Literal["denoise", "noise"]] = ["denoise"]
-    method: Literal["fast", "reference"] = "fast"
-    generate: bool = True
-    generate_layers: Layers = None   # None: every layer (shallow) or GENERATE_LAYERS spread (deep)
-    named_layers: Layers = None      # positions=named: resid layers at the list words (deep: a spread)
-    filter: Literal["greedy", "sampled", "none"] = "greedy"
-    batch_size: int = 16
-
-
-class ProbeConfig(_Strict):
-    n: int = Field(600, ge=20)
-    sites: str = "resid"
-    layers: Layers = None                    # None: every layer (shallow) or PROBE_LAYERS spread (deep)
-    positions: list[Literal["last", "items", "prefix"]] = ["last", "items"]
-    split: Literal["random", "category", "length"] = "random"
-    folds: int = 5
-    test_size: float = 0.2
-
-
-class SteerConfig(_Strict):
-    n: int = Field(600, ge=40)
-    layers: Layers = None                    # None: every layer (shallow) or STEER_LAYERS spread (deep)
-    scales: list[float] = [-1.0, 0.0, 1.0, 2.0, 3.0]
-    positions: Literal["last", "from-list", "all"] = "last"
-    vectors: list[Literal["mean-diff", "probe"]] = ["mean-diff", "probe"]
-    generate: bool = True
-    generate_n: Optional[int] = None         # None: every held-out example (shallow) or DEEP_GENERATE_N (deep)
-    batch_size: int = 64
-
-
-class AnalysesConfig(_Strict):
-    """The analyses of the counting literature (docs/ANALYSES.md): logit lens, direct logit attribution,
-    attention to the items, attribution patching (on the patching stage's pairs and grid)."""
-    n: int = Field(200, ge=20)               # examples for the lens, DLA and attention
-    run: list[Literal["lens", "dla", "attention", "atp"]] = ["lens", "dla", "attention", "atp"]
-    batch_size: int = 16
-
-
-class StudyConfig(_Strict):
+class StudyConfig(section(LoadOptions, "Load")):  # prompt_format, device, dtype, device_map
     _explicit: set = PrivateAttr(default_factory=set)   # dotted keys the user set (YAML or flags)
     model: str = "organism"
     template: Optional[str] = None          # default: the model's native template (or seed-v1)
-    prompt_format: Literal["auto", "chat", "raw"] = "auto"
-    device: Optional[str] = None
-    dtype: Optional[str] = None
-    device_map: Optional[str] = None
     preset: Literal["quick", "seed", "full"] = "quick"
     # Working-set budget of the patching and steering forwards (rows are chunked to fit), e.g. 1GB, 512MB.
     memory_budget: str = "1GB"
@@ -122,27 +80,13 @@ class StudyConfig(_Strict):
 
     def stage_hash(self, stage: str) -> str:
         """Hash of everything that can change a stage's output (its section + model + upstream)."""
-        upstream = {"data": ["data"], "pairs": ["data", "pairs"], "bench": ["data", "bench"],
-                    "patch": ["data", "pairs", "patch"], "probes": ["data", "probes"],
-                    "steer": ["data", "probes", "steer"], "analyses": ["data", "pairs", "patch", "probes", "analyses"],
-                    "report": []}[stage]
-        d = self.model_dump()
+        from countlens.study.stages import STAGES
+
+        upstream = next(([*st.upstream, st.folder] for st in STAGES if st.folder == stage), [])  # report: []
+        d = self.model_dump(mode="json")
         key = {"model": d["model"], "template": d["template"], "prompt_format": d["prompt_format"],
                "dtype": d["dtype"], **{s: d[s] for s in upstream}}
         return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
-
-
-def parse_bytes(text: str | int) -> int:
-    """'1GB', '512MB', '300k' or a number of bytes -> bytes (powers of 1024)."""
-    import re
-
-    if isinstance(text, int):
-        return text
-    m = re.fullmatch(r"\s*([0-9.]+)\s*([kmgt]?)i?b?\s*", str(text).lower())
-    if not m:
-        raise InputError(f"memory budget must look like 1GB, 512MB or a number of bytes (got '{text}')",
-                         field="memory_budget")
-    return int(float(m.group(1)) * 1024 ** "bkmgt".index(m.group(2) or "b"))
 
 
 DEEP = 8               # more decoder blocks than this: presets use layer subsets and named positions
@@ -307,4 +251,4 @@ def _line_of(file, loc) -> int | None:
 
 
 def to_yaml(cfg: StudyConfig) -> str:
-    return yaml.safe_dump(cfg.model_dump(), sort_keys=False)
+    return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)

@@ -18,10 +18,12 @@ from pathlib import Path
 from typing import Any
 
 from countlens.io import write_json
+from countlens.options import LoadOptions
 from countlens.study.config import StudyConfig, fit_to_model
+from countlens.study.stages import STUDY_STAGES
 from countlens.study.results import BenchResult, DataResult, PairsResult, ReportResult, load_stage
 
-STAGES = ("data", "pairs", "bench", "patch", "probes", "steer", "analyses", "report")
+STAGES = STUDY_STAGES  # data, pairs, bench, patch, probes, steer, analyses, report (study/stages.py)
 
 
 @dataclass
@@ -62,9 +64,13 @@ class Study:
             from countlens.models.handle import load
 
             c = self.cfg
-            self._handle = load(c.model, device=c.device, dtype=c.dtype, device_map=c.device_map,
-                                prompt_format=c.prompt_format)
+            self._handle = load(c.model, **self.load)
         return self._handle
+
+    @property
+    def load(self) -> dict:
+        """How the model is loaded: the study's LoadOptions keys."""
+        return {k: getattr(self.cfg, k) for k in LoadOptions.model_fields}
 
     @property
     def data_file(self) -> Path:
@@ -83,8 +89,7 @@ class Study:
             summary = summarize(rows) | {"source": c.file}
         else:
             tpl = _template(self.cfg, self.handle)
-            summary = generate_dataset(self.data_file, c.n, c.seed, template=tpl, lexicon=c.lexicon,
-                                       min_len=c.min_len, max_len=c.max_len, max_count=c.max_count)
+            summary = generate_dataset(self.data_file, c.n, template=tpl, **c.model_dump(exclude={"n", "file"}))
         write_json(d / "summary.json", summary)
         from countlens.io import read_jsonl
         from countlens.study.describe import describe_model
@@ -111,9 +116,7 @@ class Study:
         results = BenchResult()
         for mode in c.modes:
             results[mode] = run_bench([self.cfg.model], self.data_file, d / mode, n=c.n, mode=mode,
-                                      prompt_format=self.cfg.prompt_format, max_new_tokens=c.max_new_tokens,
-                                      device=self.cfg.device, dtype=self.cfg.dtype, device_map=self.cfg.device_map,
-                                      batch_size=c.batch_size, progress=False,
+                                      **c.model_dump(exclude={"n", "modes"}), **self.load, progress=False,
                                       handles={self.cfg.model: self.handle})
         return results
 
@@ -121,12 +124,7 @@ class Study:
         from countlens.interp.patching import PatchOptions, load_pairs, run_patching, save_result
 
         c = self.cfg.patch
-        opts = PatchOptions(sites=tuple(c.sites), positions=c.positions, component_positions=c.component_positions,
-                            directions=tuple(c.directions), method=c.method, batch_size=c.batch_size,
-                            filter=c.filter, generate=c.generate, template=self.cfg.template,
-                            generate_layers=tuple(c.generate_layers) if c.generate_layers else None,
-                            named_layers=tuple(c.named_layers) if c.named_layers else None,
-                            memory_budget=self.cfg.memory_budget_bytes)
+        opts = PatchOptions(**c.model_dump(), template=self.cfg.template, memory_budget=self.cfg.memory_budget_bytes)
         result = run_patching(self.handle, load_pairs(self.out / "pairs" / "pairs.jsonl"), opts, log=self.log)
         save_result(result, d)
         return result
@@ -135,9 +133,8 @@ class Study:
         from countlens.interp.probes import run_probes
 
         c = self.cfg.probes
-        return run_probes(model=self.handle, data=self.data_file, out=d, split=c.split, folds=c.folds,
-                          test_size=c.test_size, sites=c.sites, positions=c.positions, n=c.n,
-                          template=self.cfg.template, progress=False, layers=c.layers)
+        return run_probes(model=self.handle, data=self.data_file, out=d, n=c.n, template=self.cfg.template,
+                          progress=False, **c.model_dump(exclude={"n"}))
 
     def steer(self, d: Path) -> Any:
         from countlens.data.schema import read_examples
@@ -147,14 +144,12 @@ class Study:
         rows = [ex.row() for _, ex in read_examples(self.data_file)]
         dirs = self._probe_directions(len(rows))
         if dirs is not None:  # the probes' directions; held out: the examples after the probes' own
-            rows = rows[self.cfg.probes.n:self.cfg.probes.n + _held_out(c.n)]
+            rows = rows[self.cfg.probes.n:self.cfg.probes.n + self._held_out()]
         else:
             rows = rows[:c.n]
-        opts = SteerOptions(layers=tuple(c.layers) if c.layers else None, scales=tuple(c.scales),
-                            positions=c.positions, vectors=(*c.vectors, "one-more", "random"),
-                            generate=c.generate, generate_n=c.generate_n, template=self.cfg.template,
-                            batch_size=c.batch_size, directions=dirs,
-                            memory_budget=self.cfg.memory_budget_bytes)
+        vectors = tuple(dict.fromkeys((*c.vectors, "one-more", "random")))  # the control vectors always run
+        opts = SteerOptions(**c.model_dump(exclude={"n", "vectors"}), vectors=vectors, template=self.cfg.template,
+                            directions=dirs, memory_budget=self.cfg.memory_budget_bytes)
         result = run_steering(self.handle, rows, opts)
         save_steering(result, d)
         return result
@@ -165,11 +160,18 @@ class Study:
         own directions on half of its examples). One capture and fit fewer on a deep model."""
         c, pc = self.cfg.steer, self.cfg.probes
         folder = self.out / "probes"
-        if not (folder / "directions" / "resid-last").is_dir() or n_rows - pc.n < _held_out(c.n):
+        if not (folder / "directions" / "resid-last").is_dir() or n_rows - pc.n < self._held_out():
             return None
         if pc.layers is not None and (c.layers is None or not {str(x) for x in c.layers} <= {str(x) for x in pc.layers}):
             return None
         return str(folder)
+
+    def _held_out(self) -> int:
+        """How many of `steer.n` examples steering holds out when it fits its own directions."""
+        from countlens.interp.steering import SteerOptions, train_size
+
+        c = self.cfg.steer
+        return c.n - train_size(c.n, SteerOptions(train_frac=c.train_frac))
 
     def analyses(self, d: Path) -> Any:
         from countlens.study.analyses import run_analyses
@@ -186,13 +188,6 @@ class Study:
 
         r = write_report(self.out, self.cfg)
         return ReportResult(Path(r["html"]), Path(r["md"]), self.out, figures=r["figures"])
-
-
-def _held_out(n: int) -> int:
-    """How many of `steer.n` examples steering holds out when it fits its own directions."""
-    from countlens.interp.steering import SteerOptions
-
-    return n - int(n * SteerOptions.train_frac)
 
 
 def environment(cfg: StudyConfig) -> dict:

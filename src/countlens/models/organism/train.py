@@ -276,11 +276,9 @@ def _phase_ab_from(folder: Path, model, recipe: Recipe) -> dict:
     """Start phase C from a saved A+B organism; its curve, steps and minutes carry over."""
     from safetensors.torch import load_file
 
-    from countlens.errors import InputError
+    from countlens.models.registry import read_meta
 
-    if not (folder / "countlens.json").exists():
-        raise InputError("no countlens.json: not an organism folder", file=str(folder))
-    meta = json.loads((folder / "countlens.json").read_text())
+    meta = read_meta(folder, required=True)
     ab = {k: v for k, v in asdict(recipe).items() if not k.startswith("iit_")}
     theirs = {k: v for k, v in meta["recipe"].items() if not k.startswith("iit_")}
     if theirs != ab:
