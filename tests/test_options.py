@@ -1,6 +1,7 @@
 """Each stage's options are written once (countlens.options): the CLI's flags and the study config's
 sections come from them, with the same defaults, and a bad value names its field."""
 
+import typing
 from pathlib import Path
 
 import pytest
@@ -33,7 +34,8 @@ def _parse(models: dict, *args: str) -> dict:
 
 def test_flags_left_alone_give_the_models_defaults():
     for st in STAGES:
-        required = {f: "1" for f, info in st.inputs.model_fields.items() if info.is_required()}
+        required = {f: (typing.get_args(info.annotation) or ("1",))[0] if typing.get_origin(info.annotation) is
+                    typing.Literal else "1" for f, info in st.inputs.model_fields.items() if info.is_required()}
         args = [a for f, v in required.items() for a in (f"--{f.replace('_', '-')}", v)]
         got = _parse({"i": st.inputs, "o": st.options}, *args)
         assert got["o"] == st.options(), st.name

@@ -251,6 +251,16 @@ class AnalysesOptions(Options):
     template: Optional[str] = None
 
 
+class ExportOptions(Options):
+    """`countlens data export`: the prompts and generation settings the exported task uses."""
+    template: Optional[str] = Field(None, description="Render every row with this template (default: the rows' "
+                                    "own prompts).")
+    prompt_format: Literal["auto", "chat", "raw"] = Field("auto", description="With --model: auto | chat | raw, "
+                                                          "as `countlens bench`.")
+    max_new_tokens: int = 8
+    batch_size: int = Field(16, ge=1, description="The batch size the printed lm_eval command uses.")
+
+
 def default(model: type[BaseModel], field: str) -> Any:
     """A field's default, read from the class (pydantic keeps no class attribute for it)."""
     return model.model_fields[field].default

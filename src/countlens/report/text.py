@@ -122,3 +122,8 @@ def organism(s: dict) -> str:
 
 def analyses(s: dict) -> str:
     return "\n".join([f"{r['analysis']}: {r['quantity']}: {r['value']}" for r in s["table"]] + [f"wrote {s['out']}"])
+
+
+def export(s: dict) -> str:
+    return "\n".join([f"wrote {s['rows']} rows ({s['prompt_format']} prompts) and the {s['format']} task to {s['out']}"]
+                     + [f"  {task}: {cmd}" for task, cmd in s["commands"].items()])

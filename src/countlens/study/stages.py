@@ -12,12 +12,12 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Literal, Optional
 
 from pydantic import Field
 
-from countlens.options import (ActsOptions, AnalysesOptions, BenchOptions, DataOptions, LoadOptions, Options,
-                               PairsOptions, PatchOptions, ProbeOptions, SteerOptions, cli)
+from countlens.options import (ActsOptions, AnalysesOptions, BenchOptions, DataOptions, ExportOptions, LoadOptions,
+                               Options, PairsOptions, PatchOptions, ProbeOptions, SteerOptions, cli)
 from countlens.report import text
 
 MODEL = "organism, a folder, or hf:NAME."
@@ -76,6 +76,23 @@ def run_pairs(i: PairsInputs, o: PairsOptions, load: None, log: Callable) -> dic
     if s.get("short_reason"):
         log(f"warning: {s['short_reason']}")
     return s
+
+
+class ExportInputs(Options):
+    format: Literal["lm-eval", "inspect"] = Field(description="lm-eval (YAML + JSONL) | inspect (task file + JSONL).")
+    data: Path = Field(description="JSONL dataset.")
+    n: Optional[int] = _n("rows of --data")
+    out: Path = Field(description="Folder for the task files.")
+    model: Optional[str] = Field(None, description="Format the prompts for this model's tokenizer (BOS, chat) and "
+                                 "name it in the printed command.")
+
+
+def run_export(i: ExportInputs, o: ExportOptions, load: None, log: Callable) -> dict:
+    from countlens.bench.export import export_task
+
+    if i.n is not None:
+        warn_short(i.n, count_rows(i.data, i.n), "rows", i.data, log)
+    return export_task(i.data, i.out, i.format, n=i.n, model=i.model, **o.model_dump())
 
 
 class PatchInputs(Options):
@@ -256,6 +273,9 @@ STAGES: tuple[Stage, ...] = (  # in the study's order
     Stage("pairs", "Build token-aligned minimal pairs (counts N and N+1, one word changed).", PairsInputs,
           PairsOptions, run_pairs, lambda s, i: text.pairs(s, i.out), loads_model=False, group="data", folder="pairs",
           upstream=("data",)),
+    Stage("export", "Write the counting task for lm-evaluation-harness or Inspect AI (same prompts, parsers, "
+          "accuracy).", ExportInputs, ExportOptions, run_export, lambda s, i: text.export(s), loads_model=False,
+          group="data"),
     Stage("bench", "Benchmark models on counting prompts: resumable, concurrent, with slices and CIs.", BenchInputs,
           BenchOptions, run_bench_stage, _bench_text, folder="bench", upstream=("data",)),
     Stage("patch", "Activation patching across sites x layers x positions (x heads).", PatchInputs, PatchOptions,

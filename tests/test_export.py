@@ -1,0 +1,76 @@
+"""The exported lm-eval tasks reproduce `countlens bench` on the organism, row by row, through lm-eval's
+own `hf` model, run from another working directory."""
+
+import json
+
+import pytest
+
+from countlens.bench.export import export_task
+from countlens.bench.runner import run_bench
+from countlens.data.generate import generate_dataset
+from countlens.models.registry import organism_path
+
+N = 36
+
+
+@pytest.fixture(scope="module")
+def task(tmp_path_factory):
+    root = tmp_path_factory.mktemp("export")
+    data = root / "d.jsonl"
+    generate_dataset(data, N, seed=11)
+    summary = export_task(data, root / "task", "lm-eval", model="organism")
+    return root, data, summary
+
+
+def _lm_eval(task_dir, name, monkeypatch, elsewhere):
+    from lm_eval import simple_evaluate
+    from lm_eval.tasks import TaskManager
+
+    monkeypatch.chdir(elsewhere)   # the task's paths do not depend on where lm_eval starts
+    res = simple_evaluate(model="hf", model_args=f"pretrained={organism_path()},dtype=float32", tasks=[name],
+                          task_manager=TaskManager(include_path=str(task_dir)), batch_size=8, device="cpu",
+                          log_samples=True)
+    return res["results"][name], sorted(res["samples"][name], key=lambda s: s["doc"]["id"])
+
+
+def test_export_writes_absolute_paths_and_the_command_lines(task):
+    root, data, s = task
+    assert s["rows"] == N and s["prompt_format"] == "raw" and s["k_max"] == 5
+    text = (root / "task" / "countlens_generate.yaml").read_text()
+    assert str((root / "task" / "countlens.jsonl").resolve()) in text and "!function countlens_utils.lenient" in text
+    assert "--include_path" in s["commands"]["countlens_generate"]
+    assert "--apply_chat_template" not in s["commands"]["countlens_generate"]   # the organism has no chat template
+    first = json.loads((root / "task" / "countlens.jsonl").read_text().splitlines()[0])
+    assert first["choices"] == ["0", "1", "2", "3", "4", "5"] and first["target"] == str(first["answer"])
+
+
+def test_lm_eval_generate_task_equals_countlens_bench_generate(task, tmp_path, monkeypatch):
+    root, data, s = task
+    bench = run_bench(["organism"], data, tmp_path / "b", mode="generate", figures=False, progress=False)
+    ours = _records(tmp_path / "b")
+    results, samples = _lm_eval(root / "task", "countlens_generate", monkeypatch, tmp_path)
+    assert len(samples) == N
+    for smp in samples:   # the same greedy reply for every row
+        assert smp["resps"][0][0].strip() == ours[smp["doc"]["id"]]["completion"].strip(), smp["doc"]["id"]
+    m = bench.models[0]
+    assert results["exact_match,strict"] == pytest.approx(m.accuracy_strict, abs=1e-9)
+    assert results["exact_match,lenient"] == pytest.approx(m.accuracy, abs=1e-9)
+
+
+def test_lm_eval_score_task_equals_countlens_bench_score(task, tmp_path, monkeypatch):
+    root, data, s = task
+    bench = run_bench(["organism"], data, tmp_path / "b", mode="score", figures=False, progress=False)
+    ours = _records(tmp_path / "b")
+    results, samples = _lm_eval(root / "task", "countlens_score", monkeypatch, tmp_path)
+    assert len(samples) == N
+    for smp in samples:   # the same argmax over P(0..K) for every row
+        lls = [r[0][0] for r in smp["resps"]]
+        assert max(range(len(lls)), key=lls.__getitem__) == ours[smp["doc"]["id"]]["pred"], smp["doc"]["id"]
+    assert results["acc,none"] == pytest.approx(bench.models[0].accuracy, abs=1e-9)
+
+
+def _records(folder) -> dict:
+    """countlens bench's records by example id."""
+    import pandas as pd
+
+    return {r["example_id"]: r for r in pd.read_parquet(folder / "records.parquet").to_dict("records")}
