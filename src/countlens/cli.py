@@ -41,7 +41,7 @@ def _flag(name: str, info: Any) -> inspect.Parameter:
     ui = (info.json_schema_extra or {}).get("cli", {})
     default = ui.get("default", info.default if not info.is_required() else ...)
     if isinstance(default, tuple):
-        default = ",".join(f"{x:g}" if isinstance(x, float) else str(x) for x in default)
+        default = ", ".join(f"{x:g}" if isinstance(x, float) else str(x) for x in default)  # wraps in --help
     args = [a for a in typing.get_args(info.annotation) if a is not type(None)]
     optional = typing.get_origin(info.annotation) in (typing.Union, types.UnionType) and len(args) == 1
     base = args[0] if optional else info.annotation

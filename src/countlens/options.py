@@ -224,7 +224,7 @@ class SteerOptions(Options):
         DEFAULT_SCALES, description="Comma list of scales, both signs (0 is always added).")
     positions: Literal["last", "from-list", "all"] = Field("last", description="last | from-list | all")
     vectors: Annotated[tuple[Literal[VECTORS], ...], BeforeValidator(_vectors)] = Field(
-        VECTORS, description="mean-diff | probe | both (one-more and random always).",
+        ("mean-diff", "probe", "one-more", "random"), description="mean-diff | probe | both (one-more and random always).",
         json_schema_extra=cli(flag="--vector", default="both"))
     train_frac: float = Field(0.5, gt=0, lt=1, description="Share of rows used to fit the vectors.")
     batch_size: int = Field(64, ge=1)
