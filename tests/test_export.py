@@ -27,19 +27,24 @@ def _lm_eval(task_dir, name, monkeypatch, elsewhere):
     from lm_eval.tasks import TaskManager
 
     monkeypatch.chdir(elsewhere)   # the task's paths do not depend on where lm_eval starts
+    chat = "--apply_chat_template" in json.loads((task_dir / "countlens_task.json").read_text())["commands"][name]
     res = simple_evaluate(model="hf", model_args=f"pretrained={organism_path()},dtype=float32", tasks=[name],
                           task_manager=TaskManager(include_path=str(task_dir)), batch_size=8, device="cpu",
-                          log_samples=True)
+                          log_samples=True, apply_chat_template=chat)
     return res["results"][name], sorted(res["samples"][name], key=lambda s: s["doc"]["id"])
 
 
 def test_export_writes_absolute_paths_and_the_command_lines(task):
     root, data, s = task
-    assert s["rows"] == N and s["prompt_format"] == "raw" and s["k_max"] == 5
+    from countlens.models.hub import load_tokenizer
+    from countlens.models.prompts import resolve_format
+
+    fmt = resolve_format(load_tokenizer("organism"), "auto")   # what `countlens bench` uses
+    assert s["rows"] == N and s["prompt_format"] == fmt and s["k_max"] == 5
     text = (root / "task" / "countlens_generate.yaml").read_text()
     assert str((root / "task" / "countlens.jsonl").resolve()) in text and "!function countlens_utils.lenient" in text
     assert "--include_path" in s["commands"]["countlens_generate"]
-    assert "--apply_chat_template" not in s["commands"]["countlens_generate"]   # the organism has no chat template
+    assert ("--apply_chat_template" in s["commands"]["countlens_generate"]) == (fmt == "chat")
     first = json.loads((root / "task" / "countlens.jsonl").read_text().splitlines()[0])
     assert first["choices"] == ["0", "1", "2", "3", "4", "5"] and first["target"] == str(first["answer"])
 
@@ -49,9 +54,12 @@ def test_lm_eval_generate_task_equals_countlens_bench_generate(task, tmp_path, m
     bench = run_bench(["organism"], data, tmp_path / "b", mode="generate", figures=False, progress=False)
     ours = _records(tmp_path / "b")
     results, samples = _lm_eval(root / "task", "countlens_generate", monkeypatch, tmp_path)
-    assert len(samples) == N
-    for smp in samples:   # the same greedy reply for every row
-        assert smp["resps"][0][0].strip() == ours[smp["doc"]["id"]]["completion"].strip(), smp["doc"]["id"]
+    assert len(samples) == 2 * N   # one sample per row and filter
+    for smp in samples:   # the same greedy reply for every row, and the same parse
+        rec = ours[smp["doc"]["id"]]
+        assert smp["resps"][0][0].strip() == rec["completion"].strip(), smp["doc"]["id"]
+        want = rec["pred_strict"] if smp["filter"] == "strict" else rec["pred"]
+        assert smp["filtered_resps"][0] == ("[invalid]" if want is None or want != want else str(int(want)))
     m = bench.models[0]
     assert results["exact_match,strict"] == pytest.approx(m.accuracy_strict, abs=1e-9)
     assert results["exact_match,lenient"] == pytest.approx(m.accuracy, abs=1e-9)
