@@ -82,3 +82,39 @@ def _records(folder) -> dict:
     import pandas as pd
 
     return {r["example_id"]: r for r in pd.read_parquet(folder / "records.parquet").to_dict("records")}
+
+
+def test_inspect_task_equals_countlens_bench_generate(task, tmp_path, monkeypatch):
+    """The Inspect task file, run through Inspect's own `hf/` provider (greedy: -M do_sample=False)."""
+    import importlib.util
+
+    from inspect_ai import eval as inspect_eval
+
+    root, data, _ = task
+    s = export_task(data, root / "inspect", "inspect", model="organism")
+    assert "-M do_sample=False" in s["commands"]["countlens_count"]
+    spec = importlib.util.spec_from_file_location("countlens_inspect", s["files"][1])
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    bench = run_bench(["organism"], data, tmp_path / "b", mode="generate", figures=False, progress=False)
+    ours = _records(tmp_path / "b")
+    monkeypatch.chdir(tmp_path)
+    log = inspect_eval(module.countlens_count(), model=f"hf/{organism_path()}", model_args={"do_sample": False},
+                       display="none", log_dir=str(tmp_path / "logs"))[0]
+    assert log.status == "success" and len(log.samples) == N
+    for smp in log.samples:
+        assert smp.output.completion.strip() == ours[smp.id]["completion"].strip(), smp.id
+    assert log.results.scores[0].metrics["accuracy"].value == pytest.approx(bench.models[0].accuracy_strict)
+
+
+def test_export_cli_prints_the_commands_and_rejects_a_bad_format(task, tmp_path):
+    from conftest import run_cli
+
+    root, data, _ = task
+    p = run_cli("data", "export", "--format", "lm-eval", "--data", str(data), "--n", "10", "--out",
+                str(tmp_path / "t"), "--json", check=True)
+    s = json.loads(p.stdout)
+    assert s["rows"] == 10 and s["prompt_format"] == "as in the data"   # no --model: the rows' own prompts
+    assert "--model hf --model_args pretrained=FOLDER,dtype=float32" in s["commands"]["countlens_score"]
+    bad = run_cli("data", "export", "--format", "helm", "--data", str(data), "--out", str(tmp_path / "u"))
+    assert bad.returncode == 2 and "format" in bad.stderr and not (tmp_path / "u").exists()

@@ -51,7 +51,8 @@ def lenient(resps, docs):
     return out
 '''
 
-INSPECT = '''"""The countlens counting task for Inspect AI: `inspect eval {file} --model hf/FOLDER`."""
+INSPECT = '''"""The countlens counting task for Inspect AI, greedy as `countlens bench --mode generate`:
+`inspect eval {file} --model hf/FOLDER -M do_sample=False` (run in this folder)."""
 import re
 
 from inspect_ai import Task, task
@@ -94,7 +95,7 @@ def counted(lenient: bool = False):
 @task
 def countlens_count(lenient: bool = False):
     return Task(dataset=json_dataset(DATA, FieldSpec(input="prompt", target="target", id="id")),
-                solver=[generate(max_tokens={max_new_tokens}, temperature=0.0)], scorer=counted(lenient))
+                solver=[generate(max_tokens={max_new_tokens})], scorer=counted(lenient))
 '''
 
 
@@ -178,6 +179,7 @@ def export_task(data: str | Path, out: str | Path, fmt: str = "lm-eval", *, n: i
         file = out / "countlens_inspect.py"
         file.write_text(INSPECT.format(file=file.name, data=str(jsonl), max_new_tokens=max_new_tokens))
         summary["files"] = [str(jsonl), str(file)]
-        summary["commands"] = {"countlens_count": f"inspect eval {shlex.quote(str(file))} --model hf/{pretrained}"}
+        summary["commands"] = {"countlens_count": f"cd {shlex.quote(str(out))} && inspect eval {file.name} "
+                                                  f"--model hf/{pretrained} -M do_sample=False"}
     (out / "countlens_task.json").write_text(json.dumps(summary, indent=1))
     return summary
