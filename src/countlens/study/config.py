@@ -102,19 +102,19 @@ DEEP_QUICK_SIZES = {"pairs.n": 24, "bench.n": 160, "probes.n": 260, "probes.fold
                     "steer.batch_size": 16, "analyses.n": 64}
 
 
-def spread_layers(n_layers: int, k: int) -> list[str]:
+def spread_layers(n_layers: int, k: int) -> tuple[str, ...]:
     """`emb`, then k-1 blocks evenly spread over 0..n_layers-1, always including the last."""
     if k - 1 >= n_layers:
-        return ["emb", *map(str, range(n_layers))]
+        return ("emb", *map(str, range(n_layers)))
     idx = sorted({round(i * (n_layers - 1) / (k - 2)) for i in range(k - 1)}) if k > 2 else [n_layers - 1]
-    return ["emb", *map(str, idx)]
+    return ("emb", *map(str, idx))
 
 
-def pick_layers(layers: list[str], k: int) -> list[str]:
+def pick_layers(layers: tuple[str, ...], k: int) -> tuple[str, ...]:
     """k of `layers` evenly spread over the list, its first and last always included."""
     if k >= len(layers):
-        return list(layers)
-    return [layers[i] for i in sorted({round(j * (len(layers) - 1) / (k - 1)) for j in range(k)})]
+        return tuple(layers)
+    return tuple(layers[i] for i in sorted({round(j * (len(layers) - 1) / (k - 1)) for j in range(k)}))
 
 
 def fit_to_model(cfg: "StudyConfig", n_layers: int) -> "StudyConfig":
