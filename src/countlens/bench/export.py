@@ -23,62 +23,24 @@ from countlens.io import write_jsonl
 FORMATS = ("lm-eval", "inspect")
 STRICT_REGEX = r"^\s*\(\s*(-?\d+)\s*\)\s*$"   # parse_strict: the whole reply is (N)
 
-# A copy of countlens.data.answers, so the exported task runs where countlens is not installed.
-UTILS = '''"""countlens's answer parsers, as lm-eval filters (a copy of countlens.data.answers)."""
-import re
-
-_PAREN = re.compile(r"\\(\\s*(-?\\d+)\\s*\\)")
-_NUMBER = re.compile(r"-?\\d+")
-
-
-def parse_lenient(text):
-    """The last (N) anywhere, else the first number on the first non-empty line."""
-    text = text or ""
-    found = _PAREN.findall(text)
-    if found:
-        return int(found[-1])
-    first = next((line for line in text.splitlines() if line.strip()), "")
-    m = _NUMBER.search(first)
-    return int(m.group(0)) if m else None
-
+# The exported files open with countlens.data.answers' own source (the parsers `countlens bench` uses),
+# so the task runs where countlens is not installed and cannot drift from it.
+LM_EVAL_FILTER = '''
 
 def lenient(resps, docs):
     """lm-eval `custom` filter: each response -> its lenient answer as text ("[invalid]" if none)."""
-    out = []
-    for inst in resps:
-        got = [parse_lenient(r) for r in inst]
-        out.append(["[invalid]" if g is None else str(g) for g in got])
-    return out
+    return [["[invalid]" if g is None else str(g) for g in map(parse_lenient, inst)] for inst in resps]
 '''
 
-INSPECT = '''"""The countlens counting task for Inspect AI, greedy as `countlens bench --mode generate`:
-`inspect eval {file} --model hf/FOLDER -M do_sample=False` (run in this folder)."""
-import re
-
+INSPECT = '''
+# The countlens counting task for Inspect AI, greedy as `countlens bench --mode generate`:
+# `inspect eval {file} --model hf/FOLDER -M do_sample=False` (run in this folder).
 from inspect_ai import Task, task
 from inspect_ai.dataset import FieldSpec, json_dataset
 from inspect_ai.scorer import CORRECT, INCORRECT, Score, Target, accuracy, scorer, stderr
 from inspect_ai.solver import generate
 
 DATA = {data!r}
-_STRICT = re.compile(r"\\s*\\(\\s*(-?\\d+)\\s*\\)\\s*")
-_PAREN = re.compile(r"\\(\\s*(-?\\d+)\\s*\\)")
-_NUMBER = re.compile(r"-?\\d+")
-
-
-def parse_strict(text):
-    m = _STRICT.fullmatch(text or "")
-    return int(m.group(1)) if m else None
-
-
-def parse_lenient(text):
-    text = text or ""
-    found = _PAREN.findall(text)
-    if found:
-        return int(found[-1])
-    first = next((line for line in text.splitlines() if line.strip()), "")
-    m = _NUMBER.search(first)
-    return int(m.group(0)) if m else None
 
 
 @scorer(metrics=[accuracy(), stderr()])
@@ -97,6 +59,14 @@ def countlens_count(lenient: bool = False):
     return Task(dataset=json_dataset(DATA, FieldSpec(input="prompt", target="target", id="id")),
                 solver=[generate(max_tokens={max_new_tokens})], scorer=counted(lenient))
 '''
+
+
+def _answers_source() -> str:
+    import inspect
+
+    from countlens.data import answers
+
+    return inspect.getsource(answers)
 
 
 def _rows(data: str | Path, n: int | None, template: str | None) -> list[Any]:
@@ -163,7 +133,7 @@ def export_task(data: str | Path, out: str | Path, fmt: str = "lm-eval", *, n: i
         for task in (generate, score):
             body = yaml.safe_dump(task, sort_keys=False).replace("__LENIENT__", "!function countlens_utils.lenient")
             (out / f"{task['task']}.yaml").write_text(body)
-        (out / "countlens_utils.py").write_text(UTILS)
+        (out / "countlens_utils.py").write_text(_answers_source() + LM_EVAL_FILTER)
         args = f"pretrained={pretrained},dtype=float32"
         summary["files"] = [str(jsonl), str(out / "countlens_generate.yaml"), str(out / "countlens_score.yaml"),
                             str(out / "countlens_utils.py")]
@@ -177,7 +147,8 @@ def export_task(data: str | Path, out: str | Path, fmt: str = "lm-eval", *, n: i
             "countlens_score": f"countlens bench --model {model or 'MODEL'} --data {data} --mode score"}
     else:
         file = out / "countlens_inspect.py"
-        file.write_text(INSPECT.format(file=file.name, data=str(jsonl), max_new_tokens=max_new_tokens))
+        file.write_text(_answers_source() + INSPECT.format(file=file.name, data=str(jsonl),
+                                                           max_new_tokens=max_new_tokens))
         summary["files"] = [str(jsonl), str(file)]
         summary["commands"] = {"countlens_count": f"cd {shlex.quote(str(out))} && inspect eval {file.name} "
                                                   f"--model hf/{pretrained} -M do_sample=False"}
