@@ -55,21 +55,21 @@ def _flag(name: str, info: Any) -> inspect.Parameter:
 def command(models: dict[str, type], body: Callable[..., Any], name: str, doc: str) -> Callable[..., Any]:
     """A typer command with one flag per field of each model (in order) and --json; `body` receives one
     validated instance per model. A flag left at its shown default takes the model's own default."""
-    made: dict[str, tuple[str, str, Any]] = {}
+    made: dict[str, tuple[str, Any]] = {}   # field -> (its model's group, the default --help shows)
     params = []
     for group, model in models.items():
         for field, info in model.model_fields.items():
             if not (info.json_schema_extra or {}).get("cli", {}).get("hide"):
                 assert field not in made, f"two --{field} flags in {name}"
                 params.append(p := _flag(field, info))
-                made[field] = (group, field, p.default.default)
+                made[field] = (group, p.default.default)
     params.append(inspect.Parameter("as_json", inspect.Parameter.KEYWORD_ONLY, annotation=bool, default=JSON))
 
     def run(**kw: Any) -> Any:
         values: dict[str, dict] = {g: {} for g in models}
-        for key, (group, field, shown) in made.items():
-            if kw[key] != shown:
-                values[group][field] = kw[key]
+        for field, (group, shown) in made.items():
+            if kw[field] != shown:
+                values[group][field] = kw[field]
         return body(**{g: m(**values[g]) for g, m in models.items()}, as_json=kw["as_json"])
 
     run.__signature__ = inspect.Signature(params)

@@ -260,7 +260,3 @@ class ExportOptions(Options):
     max_new_tokens: int = 8
     batch_size: int = Field(16, ge=1, description="The batch size the printed lm_eval command uses.")
 
-
-def default(model: type[BaseModel], field: str) -> Any:
-    """A field's default, read from the class (pydantic keeps no class attribute for it)."""
-    return model.model_fields[field].default

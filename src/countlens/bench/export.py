@@ -18,10 +18,11 @@ import shlex
 from pathlib import Path
 from typing import Any
 
+from countlens.data.answers import STRICT
 from countlens.io import write_jsonl
 
 FORMATS = ("lm-eval", "inspect")
-STRICT_REGEX = r"^\s*\(\s*(-?\d+)\s*\)\s*$"   # parse_strict: the whole reply is (N)
+STRICT_REGEX = f"^{STRICT.pattern}$"   # parse_strict as a regex filter (lm-eval searches, so anchor it)
 
 # The exported files open with countlens.data.answers' own source (the parsers `countlens bench` uses),
 # so the task runs where countlens is not installed and cannot drift from it.

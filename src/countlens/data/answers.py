@@ -8,11 +8,12 @@ import re
 PARSER_VERSION = "1"
 _PAREN = re.compile(r"\(\s*(-?\d+)\s*\)")
 _NUMBER = re.compile(r"-?\d+")
+STRICT = re.compile(r"\s*\(\s*(-?\d+)\s*\)\s*")   # the whole reply (fullmatch): `(N)`
 
 
 def parse_strict(text: str) -> int | None:
     """The whole reply is `(N)` (spaces inside the parentheses and around it allowed)."""
-    m = re.fullmatch(r"\s*\(\s*(-?\d+)\s*\)\s*", text or "")
+    m = STRICT.fullmatch(text or "")
     return int(m.group(1)) if m else None
 
 

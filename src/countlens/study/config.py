@@ -16,8 +16,8 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, create_model
 
 from countlens.errors import InputError
-from countlens.options import (AnalysesOptions, BenchOptions, DataOptions, LoadOptions, PairsOptions, PatchOptions, ProbeOptions,
-                               SteerOptions, parse_bytes)
+from countlens.options import (AnalysesOptions, BenchOptions, DataOptions, LoadOptions, PairsOptions, PatchOptions,
+                               ProbeOptions, SteerOptions, parse_bytes)
 
 
 class _Strict(BaseModel):

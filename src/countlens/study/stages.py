@@ -37,11 +37,12 @@ def warn_short(asked: int | None, got: int, what: str, source: Any, log: Callabl
         log(message)
 
 
-def count_rows(path: Path, n: int | None) -> int:
-    """Rows of a JSONL file, up to `n` (stops reading there)."""
-    from countlens.io import read_jsonl
+def warn_rows(n: int | None, data: Path, log: Callable[[str], None]) -> None:
+    """--n rows of a JSONL file: warn when it holds fewer (reads at most n rows; nothing without --n)."""
+    if n is not None:
+        from countlens.io import read_jsonl
 
-    return sum(1 for _ in read_jsonl(path, n))
+        warn_short(n, sum(1 for _ in read_jsonl(data, n)), "rows", data, log)
 
 
 def loaded(model: str, load: LoadOptions) -> Any:
@@ -90,8 +91,7 @@ class ExportInputs(Options):
 def run_export(i: ExportInputs, o: ExportOptions, load: None, log: Callable) -> dict:
     from countlens.bench.export import export_task
 
-    if i.n is not None:
-        warn_short(i.n, count_rows(i.data, i.n), "rows", i.data, log)
+    warn_rows(i.n, i.data, log)
     return export_task(i.data, i.out, i.format, n=i.n, model=i.model, **o.model_dump())
 
 
@@ -127,7 +127,7 @@ class ActsInputs(Options):
 def run_acts(i: ActsInputs, o: ActsOptions, load: LoadOptions, log: Callable) -> dict:
     from countlens.interp.acts import collect_activations
 
-    warn_short(i.n, count_rows(i.data, i.n), "rows", i.data, log)
+    warn_rows(i.n, i.data, log)
     return collect_activations(loaded(i.model, load), i.data, i.out, n=i.n, **o.model_dump()).to_dict() \
         | {"out": str(i.out)}
 
@@ -149,7 +149,7 @@ def run_probe(i: ProbeInputs, o: ProbeOptions, load: LoadOptions, log: Callable)
 
         warn_short(i.n, len(ActStore.open(i.acts).examples), "examples", i.acts, log)
     elif i.data is not None:
-        warn_short(i.n, count_rows(i.data, i.n), "rows", i.data, log)
+        warn_rows(i.n, i.data, log)
     model = loaded(i.model, load) if i.model and i.acts is None and i.data is not None else i.model
     return run_probes(i.acts, model=model, data=i.data, out=i.out, n=i.n, figures=i.figures,
                       **o.model_dump()).summary
@@ -203,7 +203,7 @@ def run_analyse(i: AnalyseInputs, o: AnalysesOptions, load: LoadOptions, log: Ca
         raise InputError(f"--only: unknown analyses {bad} (choose from {', '.join(ANALYSES)})")
     if "atp" in which and i.pairs is None:
         raise InputError("--only atp needs --pairs (minimal pairs from `countlens data pairs`)")
-    warn_short(i.n, count_rows(i.data, i.n), "rows", i.data, log)
+    warn_rows(i.n, i.data, log)
     res = run_analyses(loaded(i.model, load), i.out, data=i.data, n=i.n, which=which, batch_size=o.batch_size,
                        template=o.template, pairs=i.pairs, patch=i.patch, probes=i.probes, log=log)
     return {k: r.summary for k, r in res.results.items()} | {"out": str(i.out), "model": i.model,
