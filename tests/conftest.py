@@ -27,13 +27,13 @@ def qwen_tokenizer():
     return AutoTokenizer.from_pretrained(str(QWEN_TOKENIZER))
 
 
-def run_cli(*args: str, check: bool = False):
+def run_cli(*args: str, check: bool = False, env: dict | None = None):
     """Run the real console script in a subprocess; returns CompletedProcess."""
     import subprocess
     import sys
 
     proc = subprocess.run([sys.executable, "-m", "countlens", *args], capture_output=True, text=True,
-                          env={**os.environ, "PYTHONWARNINGS": "ignore"})
+                          env={**(os.environ if env is None else env), "PYTHONWARNINGS": "ignore"})
     if check and proc.returncode != 0:
         raise AssertionError(f"countlens {' '.join(args)} failed ({proc.returncode}): {proc.stderr[-2000:]}")
     return proc

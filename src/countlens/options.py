@@ -114,7 +114,15 @@ class LoadOptions(Options):
     prompt_format: Literal["auto", "chat", "raw"] = Field("auto", description="auto | chat | raw")
     device: Optional[str] = Field(None, description="cpu, cuda, cuda:1, mps (default: the best there is).")
     dtype: Optional[str] = Field(None, description="float32 | bfloat16 | float16 | auto (default: float32).")
-    device_map: Optional[str] = Field(None, description="e.g. auto for several GPUs.")
+    device_map: Optional[str] = Field(None, description="accelerate dispatch, e.g. auto (GPUs, then CPU, then "
+                                      "disk).")
+    max_memory: Optional[str] = Field(None, description="With --device-map: per-device caps, e.g. "
+                                      "0=20GiB,1=20GiB,cpu=64GiB.")
+    offload_folder: Optional[str] = Field(None, description="With --device-map: where layers offloaded to disk go.")
+    engine: Literal["native", "nnsight"] = Field("native", description="native (PyTorch hooks, KV-cache reuse) | "
+                                                 "nnsight (every forward an nnsight trace).")
+    remote: bool = Field(False, description="With --engine nnsight: run on NDIF (a hub name NDIF hosts; "
+                         "NDIF_API_KEY).")
 
 
 class DataOptions(Options):

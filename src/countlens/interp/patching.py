@@ -436,7 +436,8 @@ def _run_batches(handle, enc, direction, configs, opts, progress, spec: str | No
     error (a budget above what the device has free) the batch is retried with half the budget and
     half the pairs. progress(n) is called with the number of pairs each finished batch held.
     """
-    fn = _batch_fast if opts.method == "fast" else _batch_reference
+    # the nnsight engine runs full forwards (its traces, local or on NDIF, do not hand a KV cache back)
+    fn = _batch_fast if opts.method == "fast" and hooks.backend(handle) is hooks.TORCH else _batch_reference
     budget = int(opts.memory_budget)
     if budget <= 0:
         raise InputError(f"memory_budget must be a positive number of bytes (got {opts.memory_budget})")

@@ -305,7 +305,8 @@ def prompt_prefix(handle, enc: Encoded, idx: list[int]) -> tuple[dict, list]:
     """(the left-padded batch, the KV of every prompt position but the last): steering at the last
     position leaves those untouched, so every setting's generation starts from the same prefix."""
     batch = pad_left([enc.ids[i] for i in idx], handle.pad_id, handle.device)
-    return batch, prefix_kv(handle, batch)
+    # (the nnsight engine's generate runs its own prefill: no prefix to share)
+    return batch, prefix_kv(handle, batch) if hooks.backend(handle) is hooks.TORCH else None
 
 
 @torch.no_grad()
@@ -402,7 +403,7 @@ def sweep(handle: ModelHandle, inp: SweepInputs, opts: SteerOptions) -> tuple[to
     otherwise (method "reference", positions from-list / all) a full forward per setting and batch.
     """
     args = (handle, inp.test, inp.chunks, inp.count_tokens, inp.settings, inp.per_ex)
-    if opts.method == "fast" and opts.positions == "last":
+    if opts.method == "fast" and opts.positions == "last" and hooks.backend(handle) is hooks.TORCH:
         return _sweep_fast(*args, opts.memory_budget)
     return _sweep_reference(*args, opts.positions)
 

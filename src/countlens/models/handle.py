@@ -50,6 +50,7 @@ class ModelHandle:
     prompt_format: str
     native_template: Template | None = None
     info: dict = field(default_factory=dict)
+    hooks: Any = None            # the hook backend (models.hooks.backend): None = PyTorch hooks
     # score-mode log-probs computed as a by-product of generation (generation.greedy_generate's
     # `score`), {formatted text + answer prefix: (answer token ids, log-probs)}: a later score-mode
     # run of the same prompts on this handle reads them instead of running the same forward again
@@ -57,7 +58,9 @@ class ModelHandle:
 
     @property
     def device(self) -> torch.device:
-        return next(self.model.parameters()).device
+        """Where inputs go: the first parameter's device (the CPU for NDIF's meta-device models)."""
+        d = next(self.model.parameters()).device
+        return torch.device("cpu") if d.type == "meta" else d
 
     @property
     def n_layers(self) -> int:
@@ -111,7 +114,7 @@ def _has_logits_to_keep(cls: type) -> bool:
 def keep_logits(model: torch.nn.Module, n: int = 1) -> dict:
     """Forward kwargs asking for the last `n` positions' logits only, where the model supports it:
     a 150k-token vocabulary makes full [batch, seq, vocab] logits ~15 % of a 1.5 B model's forward."""
-    return {"logits_to_keep": n} if _has_logits_to_keep(type(model)) else {}
+    return {"logits_to_keep": n} if _has_logits_to_keep(type(getattr(model, "hf_model", model))) else {}
 
 
 def pad_left(seqs: list[list[int]], pad_id: int, device: torch.device | str = "cpu") -> dict[str, torch.Tensor]:
@@ -148,13 +151,37 @@ def best_device() -> str:
     return "cpu"
 
 
+def parse_max_memory(text: str | None) -> dict | None:
+    """"0=20GiB,1=20GiB,cpu=64GiB" -> accelerate's max_memory {0: "20GiB", 1: "20GiB", "cpu": "64GiB"}."""
+    if not text:
+        return None
+    out: dict[Any, str] = {}
+    for part in text.split(","):
+        dev, sep, size = part.strip().partition("=")
+        if not sep or not size.strip():
+            raise InputError(f"bad --max-memory entry '{part}': write DEVICE=SIZE, e.g. 0=20GiB,cpu=64GiB")
+        out[int(dev) if dev.strip().isdigit() else dev.strip()] = size.strip()
+    return out
+
+
 def load(name_or_path: str = "organism", *, device: str | None = None, dtype: str | torch.dtype | None = None,
-         device_map: str | None = None, prompt_format: str = "auto", log=None) -> ModelHandle:
-    """Load tokenizer + model from `organism`, a named model, a folder, a .gguf file or a hub name."""
+         device_map: str | None = None, max_memory: str | dict | None = None, offload_folder: str | None = None,
+         engine: str = "native", remote: bool = False, prompt_format: str = "auto", log=None) -> ModelHandle:
+    """Load tokenizer + model from `organism`, a named model, a folder, a .gguf file or a hub name.
+
+    device_map / max_memory / offload_folder go to accelerate's dispatch (`device_map="auto"` splits
+    the layers over GPUs, CPU and disk). engine "nnsight" runs every forward as an nnsight trace
+    (models.nnsight_engine); `remote` runs them on NDIF, without loading weights here."""
     from transformers import AutoModelForCausalLM
 
     from countlens.models.hub import load_tokenizer
 
+    if engine not in ("native", "nnsight"):
+        raise InputError(f"unknown engine '{engine}' (native, nnsight)")
+    if remote:
+        if engine != "nnsight":
+            raise InputError("--remote runs on NDIF through nnsight: add --engine nnsight")
+        return _load_remote(name_or_path, prompt_format)
     preflight(name_or_path)
     path = resolve(name_or_path, log=log)
     tokenizer = load_tokenizer(path)
@@ -165,6 +192,12 @@ def load(name_or_path: str = "organism", *, device: str | None = None, dtype: st
     kwargs: dict[str, Any] = {"dtype": dtype or torch.float32}
     if device_map:
         kwargs["device_map"] = device_map
+        if max_memory:
+            kwargs["max_memory"] = parse_max_memory(max_memory) if isinstance(max_memory, str) else max_memory
+        if offload_folder:
+            kwargs["offload_folder"] = offload_folder
+    elif max_memory or offload_folder:
+        raise InputError("--max-memory and --offload-folder go with --device-map (e.g. --device-map auto)")
     model = from_pretrained(AutoModelForCausalLM.from_pretrained, path, "model", **kwargs)
     if not device_map:
         model.to(device or best_device())
@@ -177,8 +210,26 @@ def load(name_or_path: str = "organism", *, device: str | None = None, dtype: st
         native = template_from_dict(info["template"]) if isinstance(info["template"], dict) \
                 else load_template(info["template"])
     fmt = prompts.resolve_format(tokenizer, prompt_format)
-    return ModelHandle(model=model, tokenizer=tokenizer, blocks=find_blocks(model), name=name_or_path,
-                       path=path, prompt_format=fmt, native_template=native, info=info)
+    handle = ModelHandle(model=model, tokenizer=tokenizer, blocks=find_blocks(model), name=name_or_path,
+                         path=path, prompt_format=fmt, native_template=native, info=info)
+    if engine == "nnsight":
+        from countlens.models import nnsight_engine
+
+        handle.model = nnsight_engine.local(model, tokenizer, handle.blocks)
+        handle.hooks = nnsight_engine.NNSIGHT
+        handle.info = {**info, "engine": "nnsight"}
+    return handle
+
+
+def _load_remote(name: str, prompt_format: str) -> ModelHandle:
+    """A handle on a model NDIF hosts: nnsight's meta-device copy here, every forward a request."""
+    from countlens.models import nnsight_engine
+
+    requests = gguf.cache_root().parent / "ndif" / name.replace("/", "--")   # finished requests (resume)
+    model, tokenizer = nnsight_engine.remote(name, find_blocks, cache_dir=requests)
+    fmt = prompts.resolve_format(tokenizer, prompt_format)
+    return ModelHandle(model=model, tokenizer=tokenizer, blocks=model.blocks, name=name, path=name,
+                       prompt_format=fmt, info={"engine": "nnsight", "remote": True}, hooks=nnsight_engine.NNSIGHT)
 
 
 def _bad_dtype(d: str):

@@ -237,10 +237,35 @@ class TorchHooks:
 
 
 TORCH = TorchHooks()
-edit = TORCH.edit
-capture = TORCH.capture
-replace = TORCH.replace
-add = TORCH.add
+
+
+def backend(handle: Any) -> Hooks:
+    """The handle's engine (`handle.hooks`: NNsightHooks under --engine nnsight), else PyTorch hooks."""
+    return getattr(handle, "hooks", None) or TORCH
+
+
+def edit(handle: Any, site: Site, fn: Callable[[torch.Tensor], torch.Tensor | None],
+         prompt_only: bool = False) -> ContextManager[None]:
+    return backend(handle).edit(handle, site, fn, prompt_only=prompt_only)
+
+
+def capture(handle: Any, sites: Sequence[Site], positions: Positions = None,
+            to_cpu: bool = True) -> ContextManager[dict[Site, torch.Tensor]]:
+    return backend(handle).capture(handle, sites, positions=positions, to_cpu=to_cpu)
+
+
+def replace(handle: Any, site: Site, values: torch.Tensor, positions: Positions = None,
+            rows: torch.Tensor | None = None, heads: torch.Tensor | None = None,
+            prompt_only: bool = False) -> ContextManager[None]:
+    return backend(handle).replace(handle, site, values, positions=positions, rows=rows, heads=heads,
+                                   prompt_only=prompt_only)
+
+
+def add(handle: Any, site: Site, delta: torch.Tensor, positions: Positions = None,
+        rows: torch.Tensor | None = None, prompt_only: bool = False,
+        new_tokens: bool = False) -> ContextManager[None]:
+    return backend(handle).add(handle, site, delta, positions=positions, rows=rows, prompt_only=prompt_only,
+                               new_tokens=new_tokens)
 
 
 @contextlib.contextmanager

@@ -58,7 +58,8 @@ def forward(model: Any, cache: Any | None = None, last_logits: bool = False, **k
     if cache is None and kwargs["use_cache"]:
         cache = full_cache()
     if cache is not None:
-        inner = model.get_base_model() if hasattr(model, "get_base_model") else model  # a peft wrapper
+        inner = getattr(model, "hf_model", model)                       # the nnsight engine's stand-in
+        inner = inner.get_base_model() if hasattr(inner, "get_base_model") else inner  # a peft wrapper
         kwargs[cache_kwarg(type(inner))] = cache
     if last_logits:
         kwargs |= keep_logits(model)

@@ -249,7 +249,14 @@ class Stage:
     def __call__(self, i: Options, o: Options, load: LoadOptions | None, log: Callable[[str], None]) -> dict:
         """Check a --model argument before anything is read or written (one line, exit 2, on a bad one),
         then run."""
-        if isinstance(getattr(i, "model", None), str):
+        if load is not None and load.remote:       # NDIF: a key and a reachable service, nothing local
+            from countlens.errors import InputError
+            from countlens.models.nnsight_engine import check_remote
+
+            if load.engine != "nnsight":
+                raise InputError("--remote runs on NDIF through nnsight: add --engine nnsight")
+            check_remote()
+        elif isinstance(getattr(i, "model", None), str):
             from countlens.models.registry import preflight
 
             preflight(i.model)
