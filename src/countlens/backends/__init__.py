@@ -12,15 +12,14 @@ from countlens.backends.spec import ModelSpec, parse_spec
 
 
 def make_backend(spec: ModelSpec | str, *, prompt_format: str = "auto", api: ApiOptions | None = None,
-                 device: str | None = None, dtype: str | None = None, device_map: str | None = None,
-                 batch_size: int = 64, handle=None) -> Backend:
-    """The backend for a SPEC; SDKs and torch are imported only for the kind in use."""
+                 batch_size: int = 64, handle=None, **load) -> Backend:
+    """The backend for a SPEC; SDKs and torch are imported only for the kind in use. `load`: how a
+    local model loads (models.handle.load's device, dtype, device_map, max_memory, engine, ...)."""
     spec = parse_spec(spec) if isinstance(spec, str) else spec
     if spec.kind == "hf":
         from countlens.backends.hf import HFBackend
 
-        return HFBackend(spec, prompt_format=prompt_format, device=device, dtype=dtype, device_map=device_map,
-                         batch_size=batch_size, handle=handle)
+        return HFBackend(spec, prompt_format=prompt_format, batch_size=batch_size, handle=handle, **load)
     if spec.kind == "openai":
         from countlens.backends.openai_compat import OpenAIBackend
 

@@ -18,15 +18,13 @@ class HFBackend(Backend):
     supports_prefill = True
     supports_score = True
 
-    def __init__(self, spec: ModelSpec, *, prompt_format: str = "auto", device: str | None = None,
-                 dtype: str | None = None, device_map: str | None = None, batch_size: int = 64,
-                 handle: Any = None) -> None:
+    def __init__(self, spec: ModelSpec, *, prompt_format: str = "auto", batch_size: int = 64,
+                 handle: Any = None, **load_options: Any) -> None:
         from countlens.models.handle import load
 
         self.spec = spec
         self.batch_size = batch_size
-        self.handle = handle or load(spec.name, device=device, dtype=dtype, device_map=device_map,
-                                     prompt_format=prompt_format)
+        self.handle = handle or load(spec.name, prompt_format=prompt_format, **load_options)
         self.prompt_format = self.handle.prompt_format
 
     def identity(self) -> dict[str, Any]:

@@ -122,7 +122,8 @@ def run_bench(models: list[str] | str, data: str | Path, out: str | Path, *, n: 
               batch_size: int = 64, timeout: float = 60.0, max_retries: int = 6, retry: RetryPolicy | None = None,
               figures: bool = True, progress: bool | Progress = True,
               templates: list[str | Template] | str | Template | None = None,
-              handles: dict[str, Any] | None = None, warn: Callable[[str], None] | None = None) -> BenchSummary:
+              handles: dict[str, Any] | None = None, warn: Callable[[str], None] | None = None,
+              **load: Any) -> BenchSummary:
     """Benchmark each model on the first `n` rows of `data`; write DIR/summary.json, records, figures.
 
     `templates` (built-in names, YAML/JSON files or Template objects): render every row with each
@@ -132,6 +133,7 @@ def run_bench(models: list[str] | str, data: str | Path, out: str | Path, *, n: 
     Rerunning the same call resumes: finished records (same key) are skipped, API errors retried.
     `handles` maps a local model's SPEC to an already loaded ModelHandle (the study loads once).
     `warn(message)` hears when the file holds fewer than `n` rows (the run goes on with those).
+    `load`: the other LoadOptions of local models (max_memory, offload_folder, engine, remote).
     """
     if mode not in MODES:
         raise InputError(f"--mode must be one of {', '.join(MODES)}, got '{mode}'")
@@ -163,9 +165,9 @@ def run_bench(models: list[str] | str, data: str | Path, out: str | Path, *, n: 
     model_config: list[dict[str, Any]] = []
     try:
         for spec in specs:
-            backend = make_backend(spec, prompt_format=prompt_format, api=api, device=device, dtype=dtype,
-                                   device_map=device_map, batch_size=batch_size,
-                                   handle=(handles or {}).get(spec.label))
+            backend = make_backend(spec, prompt_format=prompt_format, api=api, batch_size=batch_size,
+                                   handle=(handles or {}).get(spec.label), device=device, dtype=dtype,
+                                   device_map=device_map, **load)
             settings = base_settings
             if prefill and mode == "generate" and not backend.supports_prefill:
                 prog.note(f"{spec.label}: this backend cannot pre-fill the reply; sending the prompt unchanged")

@@ -52,7 +52,7 @@ from pydantic import BaseModel, ConfigDict
 from countlens.interp.acts import PromptRow
 from countlens.results import AttentionResult
 from countlens.interp.cellstats import bootstrap_cells
-from countlens.models import hooks
+from countlens.models import devices, hooks
 from countlens.models.encoding import PromptEncoding, encode_prompt
 from countlens.models.handle import ModelHandle, pad_left
 from countlens.sites import Site
@@ -107,7 +107,7 @@ def out_matrix(out_proj: torch.nn.Module) -> torch.Tensor:
     """The output projection as a matrix [H*d, D] (its bias removed), read by calling it on the identity,
     so Linear and GPT-2's Conv1D take the same path."""
     p = next(out_proj.parameters())
-    eye = torch.eye(_in_features(out_proj), dtype=p.dtype, device=p.device)
+    eye = torch.eye(_in_features(out_proj), dtype=p.dtype, device=devices.execution_device(out_proj))
     return out_proj(eye) - out_proj(torch.zeros_like(eye[:1]))
 
 

@@ -44,7 +44,7 @@ from countlens.errors import InputError
 from countlens.results import DLAResult
 from countlens.interp.acts import PromptRow, forward
 from countlens.interp.lens import FrozenNorm, Readout, count_token_ids, describe_norm, num
-from countlens.models import hooks
+from countlens.models import devices, hooks
 from countlens.models.encoding import encode_prompt
 from countlens.models.handle import ModelHandle, pad_left
 from countlens.sites import Site, layer_key
@@ -81,13 +81,13 @@ class _Block:
 
 def _block(block: torch.nn.Module, n_heads: int) -> _Block:
     proj = hooks.out_proj_module(block)
-    W = proj.weight.detach()
+    W = devices.weight(proj)
     # nn.Linear stores [out, in]; GPT-2's Conv1D stores [in, out] (and has `nf`, its out size)
     W_in_out = W if hasattr(proj, "nf") else W.T
     sandwich = hasattr(block, "post_feedforward_layernorm")
     post_attn = block.post_attention_layernorm if sandwich else None
     return _Block(W_O=W_in_out.reshape(n_heads, -1, W_in_out.shape[-1]),
-                  attn_bias=None if getattr(proj, "bias", None) is None else proj.bias.detach(),
+                  attn_bias=devices.weight(proj, "bias"),
                   post_attn=post_attn, post_mlp=block.post_feedforward_layernorm if sandwich else None,
                   post_attn_frozen=describe_norm(post_attn) if sandwich else None)
 

@@ -40,6 +40,7 @@ from countlens.errors import InputError
 from countlens.results import LensResult
 from countlens.interp.acts import PromptRow, batches, encode_batch, forward, locate
 from countlens.interp.directions import Directions
+from countlens.models import devices
 from countlens.models.handle import ModelHandle
 from countlens.models.hooks import capture
 from countlens.sites import Site, every_layer, layer_key, parse_layer
@@ -104,16 +105,16 @@ def describe_norm(norm: torch.nn.Module) -> FrozenNorm:
     """Read a norm module as a `FrozenNorm`: nn.LayerNorm by its type; an RMS norm by its weight and
     eps, with the gain convention (w, or 1 + w as in Gemma) that reproduces the module's own output
     on a fixed random input. InputError when neither does (a norm of another kind)."""
-    weight = getattr(norm, "weight", None)
+    weight = devices.weight(norm)
     d = weight.shape[-1] if weight is not None else int(getattr(norm, "normalized_shape", [0])[-1])
     p = next(norm.parameters(), None)
-    device, dtype = (p.device, p.dtype) if p is not None else (torch.device("cpu"), torch.float32)
+    device, dtype = devices.execution_device(norm), (p.dtype if p is not None else torch.float32)
     x = torch.randn(4, d, generator=torch.Generator().manual_seed(0)).to(device, dtype)
     with torch.no_grad():
         want = norm(x).double()
-    w = torch.ones(d, dtype=torch.float64, device=device) if weight is None else weight.detach().double()
-    bias = getattr(norm, "bias", None)
-    bias = None if bias is None else bias.detach().double()
+    w = torch.ones(d, dtype=torch.float64, device=device) if weight is None else weight.double().to(device)
+    bias = devices.weight(norm, "bias")
+    bias = None if bias is None else bias.double()
     eps = next((float(getattr(norm, a)) for a in ("eps", "variance_epsilon", "epsilon") if hasattr(norm, a)), 1e-6)
     if isinstance(norm, torch.nn.LayerNorm):
         candidates = [FrozenNorm(True, w, bias, eps)]
@@ -162,8 +163,7 @@ class Readout:
         norm = final_norm(handle)
         head = handle.model.get_output_embeddings()
         cap = getattr(handle.model.config, "final_logit_softcapping", None)
-        return cls(norm=norm, frozen=describe_norm(norm), weight=head.weight.detach(),
-                   bias=None if getattr(head, "bias", None) is None else head.bias.detach(),
+        return cls(norm=norm, frozen=describe_norm(norm), weight=devices.weight(head), bias=devices.weight(head, "bias"),
                    softcap=float(cap) if cap else None)
 
     def cap(self, logits: torch.Tensor) -> torch.Tensor:
@@ -172,8 +172,7 @@ class Readout:
     def count_logits(self, resid: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
         """Float32 logits [B, P, K+1] of the count tokens `ids` [B, K+1] (per row) for residuals
         [B, P, d]: the final norm module itself, then the unembedding rows, then the soft-cap."""
-        p = next(self.norm.parameters(), None)
-        h = self.norm(resid.to(p.device) if p is not None else resid).float()
+        h = self.norm(resid.to(devices.execution_device(self.norm))).float()
         W = self.weight[ids.to(self.weight.device)].to(h.device).float()          # [B, K+1, d]
         logits = torch.einsum("bpd,bkd->bpk", h, W)
         if self.bias is not None:

@@ -1,0 +1,35 @@
+"""Where a module runs and what its weights are, also when accelerate has offloaded them.
+
+With `device_map` dispatch (`--device-map auto`), an offloaded module's parameters sit on the meta
+device and accelerate's AlignDevicesHook brings them in for each forward. Calling the module works as
+is; code that *reads* a weight (the lens's unembedding rows, DLA's output projections) or puts a
+tensor next to one goes through these two helpers instead of `module.weight` / `p.device`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+
+def execution_device(module: torch.nn.Module) -> torch.device:
+    """The device the module computes on: accelerate's execution device when it is dispatched, else
+    its parameters' device (the CPU for a parameterless or meta module)."""
+    d = getattr(getattr(module, "_hf_hook", None), "execution_device", None)
+    if d is not None:
+        return torch.device(d) if not isinstance(d, int) else torch.device("cuda", d)
+    p = next(module.parameters(), None)
+    return torch.device("cpu") if p is None or p.device.type == "meta" else p.device
+
+
+def weight(module: torch.nn.Module, name: str = "weight") -> Any:
+    """A detached copy of module.<name> (None if it has none), materialized from accelerate's offload
+    (CPU or disk) when the module holds only its meta placeholder."""
+    t = getattr(module, name, None)
+    if t is None or t.device.type != "meta":
+        return None if t is None else t.detach()
+    from accelerate.utils import align_module_device
+
+    with align_module_device(module):
+        return getattr(module, name).detach().clone()
