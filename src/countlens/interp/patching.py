@@ -18,6 +18,7 @@ per (site, layer, head, position) with a hook. Both must agree to 1e-4 in float3
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
 from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
@@ -37,7 +38,7 @@ from countlens.sites import Site, every_layer, layer_key, parse_layer
 from countlens.io import read_jsonl
 from countlens.results import PatchResult
 from countlens.models.generation import generate_batch, prefix_kv
-from countlens.models.handle import ModelHandle, keep_logits, pad_left
+from countlens.models.handle import ModelHandle, forward_reduced, keep_logits, pad_left
 from countlens.options import PatchOptions
 from countlens.stats import bootstrap_ci, wilson_ci
 
@@ -369,23 +370,24 @@ def _patch_last_shared(handle, kv, base, pos, mask, configs, pacts, answers, bud
 def _batch_reference(handle, base, src, mask, pos, positions, starts, configs, answers, budget: int = 1 << 30,
                      wanted: list[dict[int, str]] | None = None):
     """Reference sweep: a full forward per (config, position) with a hook (B rows each; budget unused)."""
-    model = handle.model
     B, W = base.shape
     hi, lo, tgt = answers
 
-    def full(ids):  # a plain full forward (no cache), logits at the last position only
-        return kvcache.forward(model, input_ids=ids, attention_mask=mask, position_ids=pos, last_logits=True,
-                               use_cache=False).logits[:, -1]
-    clean_base = _reduce(full(base), hi, lo, tgt)
-    with hooks.capture(handle, _source_sites(configs), to_cpu=False) as acts:
-        clean_src = _reduce(full(src), hi, lo, tgt)
+    reduce = functools.partial(_reduce, hi=hi, lo=lo, tgt=tgt)
+
+    def full(ids):  # a plain full forward (no cache) -> the 4 numbers per row (`_reduce`) at the last position
+        return forward_reduced(handle, reduce, input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=False)
+    clean_base = full(base)
+    # the source's sites at the swept positions only (under --remote: all that is downloaded of them)
+    with hooks.capture(handle, _source_sites(configs), positions=list(positions), to_cpu=False) as acts:
+        clean_src = full(src)
     patched = torch.empty(B, len(positions), len(configs), 4)
     rows = torch.arange(B)
     for j, p in enumerate(positions):
-        pacts = {s: a[:, p] for s, a in acts.items()}
+        pacts = {s: a[:, j] for s, a in acts.items()}
         for r, cfg in enumerate(configs):
             with _row_patch_hooks(handle, [cfg], torch.zeros(B, dtype=torch.long), rows, pacts, p):
-                patched[:, j, r] = _reduce(full(base), hi, lo, tgt)
+                patched[:, j, r] = full(base)
     return clean_base, clean_src, patched
 
 

@@ -24,6 +24,7 @@ of single-token forwards over copies of that cache (`count_logprobs_last`). The 
 from __future__ import annotations
 
 import contextlib
+import functools
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -44,7 +45,7 @@ from countlens.sites import Site, every_layer, parse_layer
 from countlens.interp.directions import Directions
 from countlens.interp.probe_fit import FitConfig, full_fit_directions
 from countlens.models.generation import generate_batch, prefix_kv
-from countlens.models.handle import ModelHandle, keep_logits, pad_left
+from countlens.models.handle import ModelHandle, forward_reduced, keep_logits, pad_left
 from countlens.options import DEFAULT_SCALES, VECTORS, SteerOptions
 from countlens.stats import interval_label, wilson_ci
 
@@ -141,13 +142,17 @@ def count_logprobs(handle: ModelHandle, enc: Encoded, idx: list[int], count_toke
     """log P over the count tokens at the answer position, steered by per-example vectors [B, d]."""
     batch = pad_left([enc.ids[i] for i in idx], handle.pad_id, handle.device)
     W = batch["input_ids"].shape[1]
+    reduce = functools.partial(_count_logprobs, count_tokens=torch.tensor(count_tokens))
     if site is None or scale == 0.0 or vectors is None:
-        logits = handle.model(**batch, **keep_logits(handle.model)).logits[:, -1]
-    else:
-        v = torch.as_tensor(vectors, dtype=torch.float32)
-        with _add_rows(handle, site, v * scale, enc, idx, W, positions):
-            logits = handle.model(**batch, **keep_logits(handle.model)).logits[:, -1]
-    return torch.log_softmax(logits.float(), -1)[:, count_tokens].cpu()
+        return forward_reduced(handle, reduce, **batch)
+    v = torch.as_tensor(vectors, dtype=torch.float32)
+    with _add_rows(handle, site, v * scale, enc, idx, W, positions):
+        return forward_reduced(handle, reduce, **batch)
+
+
+def _count_logprobs(logits: torch.Tensor, count_tokens: torch.Tensor) -> torch.Tensor:
+    """[B, V] last-position logits -> [B, K+1] log P of the count tokens (on the CPU)."""
+    return torch.log_softmax(logits.float(), -1)[:, count_tokens.to(logits.device)].cpu()
 
 
 def _row_bytes(kv: list[tuple[torch.Tensor, torch.Tensor]], length: int, vocab: int) -> int:

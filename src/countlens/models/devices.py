@@ -29,6 +29,12 @@ def weight(module: torch.nn.Module, name: str = "weight") -> Any:
     t = getattr(module, name, None)
     if t is None or t.device.type != "meta":
         return None if t is None else t.detach()
+    if getattr(module, "_hf_hook", None) is None:
+        from countlens.errors import InputError
+
+        raise InputError(f"the weights of {type(module).__name__} are not on this machine (a model run on NDIF "
+                         "with --remote): the logit lens and DLA read the final norm and unembedding here, so run "
+                         "them without --remote (--remote runs capture, probes, patching and steering)")
     from accelerate.utils import align_module_device
 
     with align_module_device(module):

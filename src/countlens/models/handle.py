@@ -117,6 +117,15 @@ def keep_logits(model: torch.nn.Module, n: int = 1) -> dict:
     return {"logits_to_keep": n} if _has_logits_to_keep(type(getattr(model, "hf_model", model))) else {}
 
 
+def forward_reduced(handle: "ModelHandle", reduce: Any, **kwargs: Any) -> torch.Tensor:
+    """reduce(last-position logits [B, V]) of one forward. Under the nnsight engine the reduction runs
+    inside the trace (on NDIF with --remote), so a request returns [B, few] numbers, not [B, vocab]."""
+    kwargs |= keep_logits(handle.model)
+    if getattr(handle.model, "reduces", False):
+        return handle.model(**kwargs, reduce=reduce)
+    return reduce(handle.model(**kwargs).logits[:, -1])
+
+
 def pad_left(seqs: list[list[int]], pad_id: int, device: torch.device | str = "cpu") -> dict[str, torch.Tensor]:
     width = max(len(s) for s in seqs)
     ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)

@@ -150,14 +150,22 @@ class NNsightModel:
             plan.append((self._envoy(module), is_input, ivs[0].site, ivs))
         return plan
 
-    def __call__(self, **kwargs: Any) -> Any:
+    reduces = True       # handle.forward_reduced: the caller's reduction of the logits runs in the trace
+
+    def __call__(self, reduce: Callable[[torch.Tensor], torch.Tensor] | None = None, **kwargs: Any) -> Any:
+        """One forward as one trace. Without a cache argument, no KV cache is built and only the logits
+        come back (a 70B model's KV cache of a batch is hundreds of MB; logits_to_keep=1 logits are
+        batch x vocab), or with `reduce` only reduce(last-position logits)."""
+        if not any(k in kwargs for k in ("past_key_values", "cache")):
+            kwargs["use_cache"] = False
         plan = self._plan()
         active = [iv for _, _, _, ivs in plan for iv in ivs]
-        key = self.cache.key(kwargs, active) if self.cache is not None else None
+        key = self.cache.key({**kwargs, "reduce": _closure_values(reduce) if reduce else None}, active) \
+            if self.cache is not None else None
         if key is not None and (hit := self.cache.get(key)) is not None:
             out, saves = hit
         else:
-            out, saves = self._trace(plan, kwargs)
+            out, saves = self._trace(plan, kwargs, reduce)
             if key is not None:
                 self.cache.put(key, (out, saves))
         for iv in active:        # counted here, not in the trace (whose objects are the server's copies)
@@ -172,14 +180,23 @@ class NNsightModel:
     def device(self) -> torch.device:
         return next(self.hf_model.parameters()).device
 
-    def _trace(self, plan: list, kwargs: dict) -> tuple[Any, list[list]]:
+    def _trace(self, plan: list, kwargs: dict, reduce: Callable | None = None) -> tuple[Any, list[list]]:
         import nnsight
 
         heads = n_heads(self.hf_model)
         with _remote_errors(self.remote), self.lm.trace(**kwargs, remote=self.remote):
             saves = nnsight.save(_intervene(plan, heads, count=False))
-            out = nnsight.save(self.lm.output)
+            if reduce is not None:
+                out = nnsight.save(reduce(self.lm.output.logits[:, -1]))
+            elif kwargs.get("use_cache") is not False:
+                out = nnsight.save(self.lm.output)
+            else:
+                out = nnsight.save(self.lm.output.logits)
         self.requests += 1
+        if reduce is None and isinstance(out, torch.Tensor):
+            from transformers.modeling_outputs import CausalLMOutputWithPast
+
+            out = CausalLMOutputWithPast(logits=out)
         return out, saves
 
     def generate(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, max_new_tokens: int,
@@ -375,10 +392,10 @@ def remote(repo_id: str, find_blocks: Callable[[torch.nn.Module], list], cache_d
     import cloudpickle
     from nnsight import CONFIG, TransformersModel
 
-    import countlens.models.hooks as torch_hooks
+    import countlens
 
     CONFIG.API.APIKEY = key            # memory only: CONFIG.set_default_api_key would save it to disk
-    cloudpickle.register_pickle_by_value(torch_hooks)   # NDIF has no countlens: its edits travel as code
+    cloudpickle.register_pickle_by_value(countlens)   # NDIF has no countlens: edits and reductions travel as code
     from countlens.models.hub import load_tokenizer
 
     try:

@@ -177,7 +177,12 @@ class Study:
         from countlens.study.analyses import run_analyses
 
         c = self.cfg.analyses
-        return run_analyses(self.handle, d, data=self.data_file, n=c.n, which=tuple(c.run),
+        which = tuple(c.run)
+        if self.cfg.remote and which:   # they read the norm and unembedding weights, which stay on NDIF
+            self.log(f"analyses {', '.join(which)} skipped: with --remote the model's weights are not here "
+                     "(run them locally, or natively on a machine that holds the model)")
+            which = ()
+        return run_analyses(self.handle, d, data=self.data_file, n=c.n, which=which,
                             batch_size=c.batch_size, template=self.cfg.template,
                             pairs=self.out / "pairs" / "pairs.jsonl", patch=self.out / "patch",
                             probes=self.out / "probes", patch_config=self.cfg.patch, log=self.log,
