@@ -28,6 +28,7 @@ import copy
 import hashlib
 import io
 import os
+import sys
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -392,10 +393,10 @@ def remote(repo_id: str, find_blocks: Callable[[torch.nn.Module], list], cache_d
     import cloudpickle
     from nnsight import CONFIG, TransformersModel
 
-    import countlens
-
     CONFIG.API.APIKEY = key            # memory only: CONFIG.set_default_api_key would save it to disk
-    cloudpickle.register_pickle_by_value(countlens)   # NDIF has no countlens: edits and reductions travel as code
+    # NDIF has no countlens: the edits and reductions (functions in its modules) travel as code. The
+    # package is already loaded (we run inside it); nothing is imported here.
+    cloudpickle.register_pickle_by_value(sys.modules[__name__.split(".")[0]])
     from countlens.models.hub import load_tokenizer
 
     try:
