@@ -103,6 +103,17 @@ def _equivalent(name: str, tmp, n_pairs: int, layers: tuple | None, steer_layers
             np.testing.assert_allclose(sa_.numpy(), sb_.numpy(), atol=TOL, rtol=0)
     assert (sa_ - count_logprobs(native, enc, list(range(len(enc.ids))), count_tokens)).abs().max() > 0.01
 
+    # the logit lens with its readout inside the trace (how it runs on NDIF: norm and unembedding there)
+    l_native = run_analyses(native, tmp / "an_native", data=data, n=n_rows, which=("lens",))["lens"].to_frame()
+    nn.model.readout_in_trace = True
+    sent = nn.model.requests
+    l_trace = run_analyses(nn, tmp / "an_trace", data=data, n=n_rows, which=("lens",))["lens"].to_frame()
+    nn.model.readout_in_trace = False
+    assert nn.model.requests > sent
+    num = [c for c in l_native.columns if pd.api.types.is_float_dtype(l_native[c])]
+    assert num
+    _close(l_native, l_trace, num)
+
     if not full:
         return None
     # the steering stage end to end: the same fitted vectors, sweep and greedy steered generations
@@ -111,11 +122,8 @@ def _equivalent(name: str, tmp, n_pairs: int, layers: tuple | None, steer_layers
     _close(s_native.table, s_nn.table, ["expected", "p_target", "count_mass"])
     assert s_native.summary["generate"] == s_nn.summary["generate"]
 
-    # the logit lens
-    l_native = run_analyses(native, tmp / "an_native", data=data, n=n_rows, which=("lens",))["lens"].to_frame()
+    # the logit lens on captured residuals, read out here (the local nnsight engine's default)
     l_nn = run_analyses(nn, tmp / "an_nn", data=data, n=n_rows, which=("lens",))["lens"].to_frame()
-    num = [c for c in l_native.columns if pd.api.types.is_float_dtype(l_native[c])]
-    assert num
     _close(l_native, l_nn, num)
     return p_native
 

@@ -180,6 +180,40 @@ class Readout:
         return self.cap(logits)
 
 
+@dataclass
+class TraceReadout:
+    """The readout where the weights are not here (NDIF, --remote): the final norm and unembedding
+    as nnsight envoys, applied inside the trace to each captured residual (`reducer`), so a request
+    returns count logits [B, P, K+1] per layer instead of residuals [B, P, d]."""
+
+    norm: Any                       # envoys: called in a trace, they run where the model is
+    head: Any
+    softcap: float | None
+
+    @classmethod
+    def of(cls, handle: ModelHandle) -> TraceReadout:
+        cap = getattr(handle.model.config, "final_logit_softcapping", None)
+        return cls(norm=handle.model.envoy(final_norm(handle)), head=handle.model.envoy(
+            handle.model.get_output_embeddings()), softcap=float(cap) if cap else None)
+
+    def reducer(self, ids: torch.Tensor) -> Any:
+        import functools
+
+        return functools.partial(_trace_count_logits, norm=self.norm, head=self.head, ids=ids, softcap=self.softcap)
+
+
+def _trace_count_logits(resid: torch.Tensor, norm: Any, head: Any, ids: torch.Tensor,
+                        softcap: float | None) -> torch.Tensor:
+    """Inside a trace: `Readout.count_logits` with the model's own modules (same operations)."""
+    h = norm(resid).float()
+    W = head.weight[ids.to(h.device)].float()                                   # [B, K+1, d]
+    logits = torch.einsum("bpd,bkd->bpk", h, W)
+    bias = getattr(head, "bias", None)
+    if bias is not None:
+        logits = logits + bias[ids.to(h.device)].float()[:, None, :]
+    return logits if softcap is None else torch.tanh(logits / softcap) * softcap
+
+
 def count_token_ids(handle: ModelHandle, prefixes: Sequence[str], k_max: int) -> torch.Tensor:
     """[n, k_max + 1] token id of each count 0..k_max after each row's answer prefix.
 
@@ -280,7 +314,10 @@ def lens_logits(handle: ModelHandle, rows: Sequence[PromptRow], k_max: int | Non
     k_max = max_count(located) if k_max is None else k_max
     if max_count(located) > k_max:
         raise InputError(f"k_max {k_max} is below the largest count in the rows ({max_count(located)})")
-    readout = Readout.of(handle)
+    in_trace = getattr(handle.model, "readout_in_trace", False)
+    if in_trace and also is not None:
+        raise InputError("direct logit attribution reads the model's weights here: it does not run with --remote")
+    readout = TraceReadout.of(handle) if in_trace else Readout.of(handle)
     count_ids = count_token_ids(handle, [r.template.answer_prefix for r in located], k_max)
     at = {id(r): i for i, r in enumerate(located)}
     layers = every_layer(handle.n_layers)
@@ -293,12 +330,14 @@ def lens_logits(handle: ModelHandle, rows: Sequence[PromptRow], k_max: int | Non
         idx = [at[id(r)] for r in group]
         batch, pos = encode_batch(handle, group)
         ids = count_ids[idx]
-        with capture(handle, sites + extra, positions=pos, to_cpu=False) as got:
+        with capture(handle, sites + extra, positions=pos, to_cpu=False,
+                     reduce=readout.reducer(ids) if in_trace else None) as got:
             out = forward(handle, batch)
         if also is not None:
             also.consume(got, out, idx)
         own[idx] = out.logits[:, -1].float().gather(1, ids.to(out.logits.device)).cpu().numpy()  # soft-capped
-        lg = torch.stack([readout.count_logits(got[site], ids).cpu() for site in sites], 1).numpy()  # [B, L+1, P, K+1]
+        lg = torch.stack([(got[site] if in_trace else readout.count_logits(got[site], ids)).cpu()
+                          for site in sites], 1).numpy()                                      # [B, L+1, P, K+1]
         for j, r in enumerate(group):
             running = np.cumsum(r.match)
             truth[idx[j]] = np.array([r.answer if kind == "last" else int(running[item])
@@ -328,7 +367,7 @@ def run_lens(handle: ModelHandle, rows: Sequence[PromptRow], options: LensOption
     table = _lens_table({k: np.stack(v) for k, v in by_position.items()}, ll.layers, opts)
     summary = _lens_summary(table, own, ll, last_diff, opts, handle)
     alignment = None
-    if directions is not None:
+    if directions is not None and not getattr(handle.model, "readout_in_trace", False):  # needs W_U here
         alignment = direction_alignment(handle, directions)
         summary["alignment"] = alignment_summary(alignment, handle.model.config.hidden_size)
     return LensResult(table=table, summary=summary, alignment=alignment)

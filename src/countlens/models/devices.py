@@ -33,8 +33,8 @@ def weight(module: torch.nn.Module, name: str = "weight") -> Any:
         from countlens.errors import InputError
 
         raise InputError(f"the weights of {type(module).__name__} are not on this machine (a model run on NDIF "
-                         "with --remote): the logit lens and DLA read the final norm and unembedding here, so run "
-                         "them without --remote (--remote runs capture, probes, patching and steering)")
+                         "with --remote): DLA, attention and AtP read weights here, so run them without --remote "
+                         "(--remote runs capture, probes, patching, steering and the logit lens)")
     from accelerate.utils import align_module_device
 
     with align_module_device(module):

@@ -44,7 +44,8 @@ class Hooks(Protocol):
     """What an engine backend implements; every intervention in countlens is one of these calls."""
 
     def capture(self, handle: Any, sites: Sequence[Site], positions: Positions = None,
-                to_cpu: bool = True) -> ContextManager[dict[Site, torch.Tensor]]: ...
+                to_cpu: bool = True, reduce: Callable[[torch.Tensor], torch.Tensor] | None = None
+                ) -> ContextManager[dict[Site, torch.Tensor]]: ...
 
     def edit(self, handle: Any, site: Site, fn: Callable[[torch.Tensor], torch.Tensor | None],
              prompt_only: bool = False) -> ContextManager[None]: ...
@@ -163,9 +164,11 @@ class TorchHooks:
 
     @contextlib.contextmanager
     def capture(self, handle: Any, sites: Sequence[Site], positions: Positions = None,
-                to_cpu: bool = True) -> Iterator[dict[Site, torch.Tensor]]:
+                to_cpu: bool = True, reduce: Callable[[torch.Tensor], torch.Tensor] | None = None
+                ) -> Iterator[dict[Site, torch.Tensor]]:
         """Record each site's tensor (detached; at `positions`: [B, P, ...]) into the yielded dict;
-        a later forward overwrites it. A head site records its one head [B, P, head_dim]."""
+        a later forward overwrites it. A head site records its one head [B, P, head_dim].
+        `reduce(value)` is recorded instead when given (under nnsight it runs inside the trace)."""
         store: dict[Site, torch.Tensor] = {}
         with contextlib.ExitStack() as stack:
             for site in sites:
@@ -176,6 +179,7 @@ class TorchHooks:
                         v = v[b, p]
                     if site.head is not None:
                         v = v[..., site.head, :]
+                    v = reduce(v) if reduce is not None else v
                     store[site] = v.cpu() if to_cpu else v
                 stack.enter_context(self.edit(handle, site, fn))
             yield store
@@ -249,9 +253,9 @@ def edit(handle: Any, site: Site, fn: Callable[[torch.Tensor], torch.Tensor | No
     return backend(handle).edit(handle, site, fn, prompt_only=prompt_only)
 
 
-def capture(handle: Any, sites: Sequence[Site], positions: Positions = None,
-            to_cpu: bool = True) -> ContextManager[dict[Site, torch.Tensor]]:
-    return backend(handle).capture(handle, sites, positions=positions, to_cpu=to_cpu)
+def capture(handle: Any, sites: Sequence[Site], positions: Positions = None, to_cpu: bool = True,
+            reduce: Callable[[torch.Tensor], torch.Tensor] | None = None) -> ContextManager[dict[Site, torch.Tensor]]:
+    return backend(handle).capture(handle, sites, positions=positions, to_cpu=to_cpu, reduce=reduce)
 
 
 def replace(handle: Any, site: Site, values: torch.Tensor, positions: Positions = None,

@@ -92,7 +92,8 @@ class NNsightHooks(TorchHooks):
 
     @contextlib.contextmanager
     def capture(self, handle: Any, sites: Sequence[Site], positions: Positions = None,
-                to_cpu: bool = True) -> Iterator[dict[Site, torch.Tensor]]:
+                to_cpu: bool = True, reduce: Callable[[torch.Tensor], torch.Tensor] | None = None
+                ) -> Iterator[dict[Site, torch.Tensor]]:
         store: dict[Site, torch.Tensor] = {}
         with contextlib.ExitStack() as stack:
             for site in sites:
@@ -101,7 +102,8 @@ class NNsightHooks(TorchHooks):
                     if positions is not None:
                         b, p = _index(v, None, positions)
                         v = v[b, p]
-                    return v[..., site.head, :] if site.head is not None else v
+                    v = v[..., site.head, :] if site.head is not None else v
+                    return reduce(v) if reduce is not None else v
                 iv = _Intervention(site, pick, save=store, to_cpu=to_cpu)
                 iv.key = site
                 stack.enter_context(handle.model.registered(iv))
@@ -121,6 +123,9 @@ class NNsightModel:
         self.names = {m: n for n, m in self.hf_model.named_modules()}
         self.cache = RequestCache(cache_dir) if cache_dir else None
         self.requests = 0            # traces run (remote: requests sent)
+        # the logit lens reads the final norm and unembedding inside the trace (their weights are on
+        # NDIF under --remote; the tests turn it on locally to check it against the native lens)
+        self.readout_in_trace = remote
 
     def __getattr__(self, name: str) -> Any:       # config, generation_config, parameters(), ...
         return getattr(self.__dict__["hf_model"], name)
@@ -132,6 +137,11 @@ class NNsightModel:
             yield
         finally:
             self.pending.remove(iv)
+
+    def envoy(self, module: torch.nn.Module) -> Any:
+        """nnsight's envoy of one of the model's modules: called inside a trace, it runs the module
+        where the model is (on NDIF under --remote), e.g. the final norm on a captured residual."""
+        return self._envoy(module)
 
     def _envoy(self, module: torch.nn.Module) -> Any:
         env = self.lm

@@ -178,10 +178,11 @@ class Study:
 
         c = self.cfg.analyses
         which = tuple(c.run)
-        if self.cfg.remote and which:   # they read the norm and unembedding weights, which stay on NDIF
-            self.log(f"analyses {', '.join(which)} skipped: with --remote the model's weights are not here "
+        local_only = [w for w in which if w != "lens"]
+        if self.cfg.remote and local_only:   # they read weights, which stay on NDIF (the lens reads in the trace)
+            self.log(f"analyses {', '.join(local_only)} skipped: with --remote the model's weights are not here "
                      "(run them locally, or natively on a machine that holds the model)")
-            which = ()
+            which = tuple(w for w in which if w == "lens")
         return run_analyses(self.handle, d, data=self.data_file, n=c.n, which=which,
                             batch_size=c.batch_size, template=self.cfg.template,
                             pairs=self.out / "pairs" / "pairs.jsonl", patch=self.out / "patch",
