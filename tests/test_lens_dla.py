@@ -15,6 +15,7 @@ import pytest
 import torch
 from pydantic import ValidationError
 
+from countlens.errors import InputError
 from countlens.data.generate import generate_dataset, generate_examples
 from countlens.data.lexicon import load_lexicon
 from countlens.interp.acts import read_rows
@@ -312,7 +313,7 @@ def test_results_round_trip_and_draw(planted, tmp_path):
     assert [p.name for p in paths] == ["lens_vs_probe.png", "lens_heatmap.png", "lens_alignment.png",
                                        "dla_heads_mlps.png"]
     assert all(p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and p.stat().st_size > 5000 for p in paths)
-    with pytest.raises(ValidationError):
+    with pytest.raises(InputError, match="positions"):
         LensOptions(positions=("prefix",))
     with pytest.raises(ValidationError):
         DLAOptions().batch_size = 3  # frozen

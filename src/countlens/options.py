@@ -159,34 +159,73 @@ class BenchOptions(Options):
     max_retries: int = Field(6, description="Retries on 429/5xx/timeouts (API models).")
 
 
-class PatchOptions(Options):
-    """Activation patching: which sites, layers and positions, how pairs are kept, how rows are batched."""
-    sites: Annotated[tuple[Site, ...], Items] = Field(("resid",), description="Comma list of resid,attn,mlp,head.")
-    positions: str = Field("last", description="last | all (from the changed word on) | named (changed word, last "
-                           "list word, answer) | offsets from the end, e.g. -1,-2.")
-    component_positions: Optional[str] = Field(None, description="Positions for attn/mlp/head (default: as "
-                                               "--positions).")
+class PairOptions(Options):
+    """What activation patching and attribution patching share: layers, directions, which pairs are
+    kept, batches and intervals (the one source of these defaults for both)."""
     layers: Layers = Field(None, description="Comma list, e.g. emb,0,5 (default: every layer).")
-    generate_layers: Layers = Field(None, description="Layers of the generate protocol (default: every swept "
-                                    "resid layer).")
-    named_layers: Layers = Field(None, description="With positions=named: resid layers patched at the changed and "
-                                 "last list word (every layer is patched at the answer; default: all).")
     directions: Annotated[tuple[Literal["denoise", "noise"], ...], BeforeValidator(_directions)] = Field(
         ("denoise",), description="denoise | noise | both",
         json_schema_extra=cli(flag="--direction", default="denoise"))
-    method: Literal["fast", "reference"] = Field("fast", description="fast (KV-cache reuse) | reference (full "
-                                                 "forwards).")
     batch_size: int = Field(16, ge=1, description="Pairs per batch (halved on CUDA OOM).")
     memory_budget: Bytes = Field(1 << 30, description="Working set per forward; rows are chunked.",
                                  json_schema_extra=cli(default="1GB", type=str))
     filter: Literal["greedy", "sampled", "none"] = Field("greedy", description="greedy | sampled | none: keep "
                                                          "pairs answered right.")
     k_samples: int = Field(5, description="Samples per prompt for --filter sampled.")
-    generate: bool = Field(False, description="Also patch-generate-parse (the original protocol).")
-    max_new_tokens: int = 8
     n_boot: int = Field(1000, description="Bootstrap resamples for the per-cell intervals.")
     seed: int = 0
     template: Optional[str] = Field(None, description="Default: the model's native template.")
+
+
+class PatchOptions(PairOptions):
+    """Activation patching: which sites, layers and positions, how pairs are kept, how rows are batched."""
+    sites: Annotated[tuple[Site, ...], Items] = Field(("resid",), description="Comma list of resid,attn,mlp,head.")
+    positions: str = Field("last", description="last | all (from the changed word on) | named (changed word, last "
+                           "list word, answer) | offsets from the end, e.g. -1,-2.")
+    component_positions: Optional[str] = Field(None, description="Positions for attn/mlp/head (default: as "
+                                               "--positions).")
+    generate_layers: Layers = Field(None, description="Layers of the generate protocol (default: every swept "
+                                    "resid layer).")
+    named_layers: Layers = Field(None, description="With positions=named: resid layers patched at the changed and "
+                                 "last list word (every layer is patched at the answer; default: all).")
+    method: Literal["fast", "reference"] = Field("fast", description="fast (KV-cache reuse) | reference (full "
+                                                 "forwards).")
+    generate: bool = Field(False, description="Also patch-generate-parse (the original protocol).")
+    max_new_tokens: int = 8
+
+
+class AtPOptions(PairOptions):
+    """Attribution patching (gradients instead of one forward per cell); the rest as `PatchOptions`."""
+    sites: Annotated[tuple[Site, ...], Items] = ("resid", "attn", "mlp", "head")
+    positions: str = "all"                  # all | last | named | offsets from the end ("-1,-2")
+    top_k: int = 20                         # cells listed in the summary
+
+
+class LensOptions(Options):
+    """Options of `run_lens`; the one source of their defaults."""
+    batch_size: int = Field(32, ge=1)
+    positions: tuple[Literal["answer", "items"], ...] = Field(("answer", "items"), min_length=1)
+    k_max: Optional[int] = Field(None, ge=1)   # count tokens 0..k_max; None: the largest count in the rows
+    n_boot: int = Field(1000, ge=1)
+    seed: int = 0
+
+
+class DLAOptions(Options):
+    """Options of `run_dla`; the one source of their defaults."""
+    batch_size: int = Field(32, ge=1)
+    k_max: Optional[int] = Field(None, ge=1)   # count tokens 0..k_max; None: the largest answer in the rows
+    n_boot: int = Field(1000, ge=1)
+    seed: int = 0
+    top: int = Field(10, ge=1)                 # heads and MLPs listed in the summary
+
+
+class AttentionOptions(Options):
+    """Every default of the attention analysis."""
+    batch_size: int = 16
+    n_boot: int = 1000
+    seed: int = 0
+    top_k: int = 10              # heads listed in the summary
+    value_weighted: bool = True  # also the value-weighted attention (one more forward per batch)
 
 
 class ActsOptions(Options):

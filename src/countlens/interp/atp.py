@@ -53,8 +53,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import torch
-from pydantic import BaseModel, ConfigDict
 
+from countlens.options import AtPOptions  # noqa: F401  (the options live with the others)
 from countlens.errors import InputError
 from countlens.results import AtPResult
 from countlens.interp.patching import (EncodedPairs, PatchOptions, select_pairs,
@@ -67,25 +67,6 @@ from countlens.stats import bootstrap_ci
 ATP_METRICS = ("logit_diff", "normalized", "delta_ld")
 CELL = ["site", "layer", "head", "position"]
 COLUMNS = ["pair", "n_low", "direction", "site", "layer", "position", "position_name", "head", "metric", "value"]
-
-
-class AtPOptions(BaseModel):
-    """Every default of the AtP stage (names and meanings as in `PatchOptions`)."""
-
-    model_config = ConfigDict(frozen=True)
-
-    sites: tuple[str, ...] = ("resid", "attn", "mlp", "head")
-    positions: str = "all"                  # all | last | named | offsets from the end ("-1,-2")
-    layers: tuple | None = None
-    directions: tuple[str, ...] = ("denoise",)
-    batch_size: int = 16
-    filter: str = "greedy"                  # greedy | sampled | none (as exact patching)
-    k_samples: int = 5
-    n_boot: int = 1000
-    seed: int = 0
-    template: str | None = None
-    top_k: int = 20                         # cells listed in the summary
-    memory_budget: int = 1 << 30            # bytes a batch's forward + backward may hold: fewer pairs per batch
 
 
 def pair_bytes(handle: ModelHandle, T: int, n_sites: int) -> int:

@@ -47,8 +47,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import torch
-from pydantic import BaseModel, ConfigDict
 
+from countlens.options import AttentionOptions  # noqa: F401  (the options live with the others)
 from countlens.interp.acts import PromptRow
 from countlens.results import AttentionResult
 from countlens.interp.cellstats import bootstrap_cells
@@ -62,18 +62,6 @@ WEIGHTINGS = ("attention", "value")
 MEASURES = ("match_sum", "nonmatch_sum", "other_sum", "total", "match_mean", "nonmatch_mean", "diff_sum",
             "diff_mean")
 RANK_MEASURE = "diff_mean"
-
-
-class AttentionOptions(BaseModel):
-    """Every default of the attention stage."""
-
-    model_config = ConfigDict(frozen=True)
-
-    batch_size: int = 16
-    n_boot: int = 1000
-    seed: int = 0
-    top_k: int = 10              # heads listed in the summary
-    value_weighted: bool = True  # also the value-weighted attention (one more forward per batch)
 
 
 @contextlib.contextmanager

@@ -38,8 +38,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import torch
-from pydantic import BaseModel, ConfigDict, Field
 
+from countlens.options import DLAOptions  # noqa: F401  (the options live with the others)
 from countlens.errors import InputError
 from countlens.results import DLAResult
 from countlens.interp.acts import PromptRow, forward
@@ -52,18 +52,6 @@ from countlens.stats import bootstrap_cells
 
 TABLE_COLUMNS = ["component", "kind", "layer", "head", "mean", "ci_low", "ci_high", "n"]
 METRIC = "logit(true count) - mean logit(other counts 0..K) at the answer position"
-
-
-class DLAOptions(BaseModel):
-    """Options of `run_dla`; the one source of their defaults."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-    batch_size: int = Field(32, ge=1)
-    k_max: int | None = Field(None, ge=1)   # count tokens 0..k_max; None: the largest answer in the rows
-    n_boot: int = Field(1000, ge=1)
-    seed: int = 0
-    top: int = Field(10, ge=1)              # heads and MLPs listed in the summary
 
 
 # ----------------------------------------------------------------------------------- architecture

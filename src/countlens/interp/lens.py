@@ -29,13 +29,13 @@ import dataclasses
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Literal, Protocol
+from typing import Any, Protocol
 
 import numpy as np
 import pandas as pd
 import torch
-from pydantic import BaseModel, ConfigDict, Field
 
+from countlens.options import LensOptions  # noqa: F401  (the options live with the others)
 from countlens.errors import InputError
 from countlens.results import LensResult
 from countlens.interp.acts import PromptRow, batches, encode_batch, forward, locate
@@ -51,18 +51,6 @@ ALIGNMENT_COLUMNS = ["layer", "direction", "readout", "cosine"]
 BIAS_NOTE = ("The logit lens reads every layer in the final layer's basis, so it is biased at early layers: "
              "a low early-layer lens accuracy does not mean the count is absent (compare the probes). A tuned "
              "lens (Belrose et al. 2023, a learned affine map per layer) is the fix; none exists for our models.")
-
-
-class LensOptions(BaseModel):
-    """Options of `run_lens`; the one source of their defaults."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-    batch_size: int = Field(32, ge=1)
-    positions: tuple[Literal["answer", "items"], ...] = Field(("answer", "items"), min_length=1)
-    k_max: int | None = Field(None, ge=1)   # count tokens 0..k_max; None: the largest count in the rows
-    n_boot: int = Field(1000, ge=1)
-    seed: int = 0
 
 
 # ------------------------------------------------------------------------------------- the readout

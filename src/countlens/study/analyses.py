@@ -130,9 +130,9 @@ def _atp(handle, out: Path, pairs, patch, patch_config, template, batch_size, lo
         raise InputError("attribution patching needs minimal pairs (--pairs, from `countlens data pairs`)")
     pc = patch_config
     positions = "all" if pc is None or pc.positions in ("auto", "all") else pc.positions
-    opts = AtPOptions(sites=tuple(pc.sites) if pc else ("resid", "attn", "mlp", "head"), positions=positions,
-                      directions=tuple(pc.directions) if pc else ("denoise",), batch_size=batch_size,
-                      filter=pc.filter if pc else "greedy", template=template, memory_budget=memory_budget)
+    shared = {k: getattr(pc, k) for k in ("sites", "directions", "filter")} if pc is not None else {}
+    opts = AtPOptions(**shared, positions=positions, batch_size=batch_size, template=template,
+                      memory_budget=memory_budget)
     exact = Path(patch) / "table.parquet" if patch else None
     table = pd.read_parquet(exact) if exact is not None and exact.exists() else None
     kept, fallback = None, None
