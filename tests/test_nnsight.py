@@ -256,3 +256,31 @@ def test_a_rerun_reads_finished_requests_from_the_request_cache(tmp_path):
     h.model.cache = RequestCache(tmp_path / "requests")
     run_patching(h, pairs, opts.model_copy(update={"layers": ("emb", 2)}))
     assert h.model.requests > 0
+
+
+def test_request_keys_tell_apart_what_changes_an_answer():
+    """The resume cache's key covers the inputs, each intervention's values and the reduction's arguments."""
+    import functools
+
+    from countlens.models.nnsight_engine import RequestCache, _Intervention
+    from countlens.sites import Site
+
+    ids = torch.tensor([[1, 2, 3]])
+
+    def edit_with(v):
+        def fn(x):
+            return x + v
+        return _Intervention(Site("resid", 1), fn)
+
+    k = RequestCache.key
+    base = k({"input_ids": ids, "reduce": None}, [edit_with(torch.ones(4))])
+    assert base == k({"input_ids": ids.clone(), "reduce": None}, [edit_with(torch.ones(4))])
+    assert base != k({"input_ids": ids + 1, "reduce": None}, [edit_with(torch.ones(4))])
+    assert base != k({"input_ids": ids, "reduce": None}, [edit_with(2 * torch.ones(4))])
+    assert base != k({"input_ids": ids, "reduce": None}, [])
+    from countlens.models.nnsight_engine import _closure_values
+
+    r1 = functools.partial(torch.index_select, dim=0, index=torch.tensor([1]))
+    r2 = functools.partial(torch.index_select, dim=0, index=torch.tensor([2]))
+    keys = [k({"input_ids": ids, "reduce": _closure_values(r)}, []) for r in (r1, r2)]
+    assert keys[0] != keys[1]

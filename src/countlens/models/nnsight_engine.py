@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import functools
 import hashlib
 import io
 import os
@@ -67,8 +68,9 @@ def _order(site: Site) -> tuple[int, int]:
 
 
 class _Intervention:
-    """One registered edit (fn returns a replacement or None) or capture (fn returns the value to keep).
-    `calls` counts the forwards it has been part of (a prompt_only edit is off after the first)."""
+    """One registered edit (fn returns a replacement or None) or capture (fn returns the value to keep
+    in save[key], key the site asked for; `site` is the hooked tensor's). `calls` counts the forwards
+    it has been part of (a prompt_only edit is off after the first)."""
 
     def __init__(self, site: Site, fn: Callable, save: dict | None = None, to_cpu: bool = True,
                  prompt_only: bool = False):
@@ -104,9 +106,7 @@ class NNsightHooks(TorchHooks):
                         v = v[b, p]
                     v = v[..., site.head, :] if site.head is not None else v
                     return reduce(v) if reduce is not None else v
-                iv = _Intervention(site, pick, save=store, to_cpu=to_cpu)
-                iv.key = site
-                stack.enter_context(handle.model.registered(iv))
+                stack.enter_context(handle.model.registered(_Intervention(site, pick, save=store, to_cpu=to_cpu)))
             yield store
 
 
@@ -321,6 +321,9 @@ class RequestCache:
 def _closure_values(fn: Callable, depth: int = 0) -> list:
     """Values an intervention function closes over (its tensors, positions, flags), nested closures
     included: what makes two requests with the same inputs different."""
+    if isinstance(fn, functools.partial):      # a reduction: its bound arguments (token ids, ...)
+        vals = [*fn.args, *fn.keywords.values()]
+        return [v for v in vals if not callable(v)] + _closure_values(fn.func, depth + 1)
     out = []
     for cell in getattr(fn, "__closure__", None) or ():
         try:
