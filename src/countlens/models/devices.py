@@ -3,7 +3,7 @@
 With `device_map` dispatch (`--device-map auto`), an offloaded module's parameters sit on the meta
 device and accelerate's AlignDevicesHook brings them in for each forward. Calling the module works as
 is; code that *reads* a weight (the lens's unembedding rows, DLA's output projections) or puts a
-tensor next to one goes through these two helpers instead of `module.weight` / `p.device`.
+tensor next to one goes through these helpers instead of `module.weight` / `p.device`.
 """
 
 from __future__ import annotations
@@ -11,6 +11,19 @@ from __future__ import annotations
 from typing import Any
 
 import torch
+
+
+def hf_model(model: Any) -> torch.nn.Module:
+    """The Hugging Face model behind a stand-in (the nnsight engine's `NNsightModel.hf_model`):
+    what signature and cache-argument checks look at."""
+    return getattr(model, "hf_model", model)
+
+
+def input_device(model: torch.nn.Module) -> torch.device:
+    """Where a model's inputs go: its first parameter's device (the CPU for a meta-device model, as
+    NDIF's are here, or one whose weights accelerate offloaded)."""
+    d = next(model.parameters()).device
+    return torch.device("cpu") if d.type == "meta" else d
 
 
 def execution_device(module: torch.nn.Module) -> torch.device:

@@ -6,7 +6,7 @@ from collections.abc import Callable
 
 import torch
 
-from countlens.models import kvcache
+from countlens.models import devices, kvcache
 from countlens.models.handle import ModelHandle, keep_logits, pad_left
 
 
@@ -47,7 +47,8 @@ def greedy_generate(handle: ModelHandle, texts: list[str], max_new_tokens: int =
         batch = pad_left([seqs[i] for i in idx], handle.pad_id, handle.device)
         cache = {}
         # (not under the nnsight engine: its generate() runs its own prefill, and a remote cache stays remote)
-        if score and handle.hooks is None and _shared_prefix(seqs, with_suffix, idx) and all(len(a) == 1 for a in score[1]):
+        if score and handle.hooks is None and _shared_prefix(seqs, with_suffix, idx) \
+                and all(len(a) == 1 for a in score[1]):
             full = pad_left([with_suffix[i] for i in idx], handle.pad_id, handle.device)
             o = kvcache.forward(handle.model, last_logits=True, **full)
             lp = torch.log_softmax(o.logits[:, -1].float(), -1).cpu()
@@ -85,7 +86,7 @@ def generate_batch(handle: ModelHandle, batch: dict[str, torch.Tensor], max_new_
     KV): generation then computes only the last prompt position onwards, with generate()'s own
     position ids (the mask's cumulative sum), the same answers as without it (tested)."""
     W = batch["input_ids"].shape[1]
-    cache = {} if prefix is None else {kvcache.cache_kwarg(type(getattr(handle.model, "hf_model", handle.model))): kvcache.build_cache(
+    cache = {} if prefix is None else {kvcache.cache_kwarg(type(devices.hf_model(handle.model))): kvcache.build_cache(
         prefix, handle.model.config, W - 1)}
     out = handle.model.generate(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
                                 max_new_tokens=max_new_tokens, do_sample=False, num_beams=1,

@@ -17,7 +17,7 @@ import torch
 
 from countlens.data.templates import Template, load_template, template_from_dict
 from countlens.errors import InputError
-from countlens.models import gguf, prompts
+from countlens.models import devices, gguf, prompts
 from countlens.models.hub import from_pretrained
 from countlens.models.registry import preflight, read_meta, resolve
 
@@ -58,9 +58,7 @@ class ModelHandle:
 
     @property
     def device(self) -> torch.device:
-        """Where inputs go: the first parameter's device (the CPU for NDIF's meta-device models)."""
-        d = next(self.model.parameters()).device
-        return torch.device("cpu") if d.type == "meta" else d
+        return devices.input_device(self.model)
 
     @property
     def n_layers(self) -> int:
@@ -114,7 +112,7 @@ def _has_logits_to_keep(cls: type) -> bool:
 def keep_logits(model: torch.nn.Module, n: int = 1) -> dict:
     """Forward kwargs asking for the last `n` positions' logits only, where the model supports it:
     a 150k-token vocabulary makes full [batch, seq, vocab] logits ~15 % of a 1.5 B model's forward."""
-    return {"logits_to_keep": n} if _has_logits_to_keep(type(getattr(model, "hf_model", model))) else {}
+    return {"logits_to_keep": n} if _has_logits_to_keep(type(devices.hf_model(model))) else {}
 
 
 def forward_reduced(handle: "ModelHandle", reduce: Any, **kwargs: Any) -> torch.Tensor:

@@ -75,6 +75,22 @@ def out_proj_module(block: torch.nn.Module) -> torch.nn.Module:
     return _child(attention_module(block), OUT_PROJ_NAMES, "attention output projection")
 
 
+def site_module(blocks: Sequence[torch.nn.Module], site: Site) -> tuple[torch.nn.Module, bool]:
+    """(module, whether the site is its input) holding a site's tensor, for every backend: "emb" is
+    block 0's input, a head site the attention output projection's input, attn / mlp / resid the
+    attention module's, the MLP's and the block's output."""
+    if site.layer == "emb":
+        return blocks[0], True
+    block = blocks[site.layer]
+    if site.kind == "head":
+        return out_proj_module(block), True
+    module = {"resid": block, "attn": attention_module(block) if site.kind == "attn" else None,
+              "mlp": getattr(block, "mlp", None)}[site.kind]
+    if module is None:
+        raise ValueError(f"{type(block).__name__} has no {site.kind} module")
+    return module, False
+
+
 def n_heads(model: Any) -> int:
     """Query heads (on GQA models more than the key/value heads)."""
     cfg = model.config
@@ -122,7 +138,6 @@ class TorchHooks:
         """Call fn(x) on the site's tensor x [batch, seq, ...] in every forward (the first only when
         `prompt_only`); a returned tensor replaces x. Head sites see [batch, seq, n_heads, head_dim]."""
         site = site.module_site
-        blocks = handle.blocks
         calls = [0]
 
         def apply(x: torch.Tensor) -> torch.Tensor | None:
@@ -131,8 +146,8 @@ class TorchHooks:
                 return None
             return fn(x)
 
-        if site.layer == "emb" or site.kind == "head":
-            module = blocks[0] if site.layer == "emb" else out_proj_module(blocks[site.layer])
+        module, reads_input = site_module(handle.blocks, site)
+        if reads_input:
             h = None if site.layer == "emb" else n_heads(handle.model)
 
             def pre(mod, args, kwargs):
@@ -145,12 +160,6 @@ class TorchHooks:
 
             handles = [module.register_forward_pre_hook(pre, with_kwargs=True)]
         else:
-            block = blocks[site.layer]
-            module = {"resid": block, "attn": attention_module(block) if site.kind == "attn" else None,
-                      "mlp": getattr(block, "mlp", None)}[site.kind]
-            if module is None:
-                raise ValueError(f"{type(block).__name__} has no {site.kind} module")
-
             def post(mod, args, output):
                 new = apply(_first(output))
                 return None if new is None else _with_first(output, new)

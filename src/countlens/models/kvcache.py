@@ -31,6 +31,7 @@ from typing import Any
 
 import torch
 
+from countlens.models import devices
 from countlens.models.handle import keep_logits
 
 
@@ -58,7 +59,7 @@ def forward(model: Any, cache: Any | None = None, last_logits: bool = False, **k
     if cache is None and kwargs["use_cache"]:
         cache = full_cache()
     if cache is not None:
-        inner = getattr(model, "hf_model", model)                       # the nnsight engine's stand-in
+        inner = devices.hf_model(model)                                 # the nnsight engine's stand-in
         inner = inner.get_base_model() if hasattr(inner, "get_base_model") else inner  # a peft wrapper
         kwargs[cache_kwarg(type(inner))] = cache
     if last_logits:

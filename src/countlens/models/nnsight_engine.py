@@ -7,7 +7,7 @@
   handle.model   NNsightModel: calling it runs one `model.trace(...)` that applies the registered
                  interventions in execution order and saves only the model output and what the
                  captures asked for; `.generate` runs `model.generate` with the edits on every step
-                 (`tracer.all()`); every other attribute is the Hugging Face model's
+                 (`tracer.iter`); every other attribute is the Hugging Face model's
 
 so the stages' own code (patching, capture, steering, the logit lens) runs through nnsight unchanged.
 The replace / add edits are the PyTorch backend's own functions (`hooks.TorchHooks`), so both engines
@@ -37,30 +37,13 @@ from typing import Any
 import torch
 
 from countlens.errors import InputError
-from countlens.models.hooks import (Positions, TorchHooks, _first, _index, _with_first, attention_module, n_heads,
-                                    out_proj_module)
+from countlens.models import devices
+from countlens.models.hooks import Positions, TorchHooks, _first, _index, _with_first, n_heads, site_module
 from countlens.sites import Site, layer_key
 
 # Where a site's tensor is read inside one block, in execution order: the block's input (emb), the
 # attention output projection's input (heads), the attention output, the MLP output, the block output.
 _ORDER = {"emb": 0, "head": 1, "attn": 2, "mlp": 3, "resid": 4}
-
-
-def _module_of(blocks: Sequence[torch.nn.Module], site: Site) -> tuple[torch.nn.Module, bool]:
-    """(module, reads its input) holding the site's tensor; the same modules the PyTorch backend hooks."""
-    if site.layer == "emb":
-        return blocks[0], True
-    block = blocks[site.layer]
-    if site.kind == "head":
-        return out_proj_module(block), True
-    if site.kind == "attn":
-        return attention_module(block), False
-    if site.kind == "mlp":
-        mlp = getattr(block, "mlp", None)
-        if mlp is None:
-            raise ValueError(f"{type(block).__name__} has no mlp module")
-        return mlp, False
-    return block, False
 
 
 def _order(site: Site) -> tuple[int, int]:
@@ -139,11 +122,8 @@ class NNsightModel:
             self.pending.remove(iv)
 
     def envoy(self, module: torch.nn.Module) -> Any:
-        """nnsight's envoy of one of the model's modules: called inside a trace, it runs the module
-        where the model is (on NDIF under --remote), e.g. the final norm on a captured residual."""
-        return self._envoy(module)
-
-    def _envoy(self, module: torch.nn.Module) -> Any:
+        """nnsight's envoy of one of the model's modules: what a trace reads and writes, and, called
+        inside a trace, the module run where the model is (on NDIF under --remote)."""
         env = self.lm
         for part in self.names[module].split("."):
             env = env[int(part)] if part.isdigit() else getattr(env, part)
@@ -157,8 +137,8 @@ class NNsightModel:
             groups.setdefault((_order(iv.site), str(iv.site)), []).append(iv)
         plan = []
         for (_, _), ivs in sorted(groups.items()):
-            module, is_input = _module_of(self.blocks, ivs[0].site)
-            plan.append((self._envoy(module), is_input, ivs[0].site, ivs))
+            module, is_input = site_module(self.blocks, ivs[0].site)
+            plan.append((self.envoy(module), is_input, ivs[0].site, ivs))
         return plan
 
     reduces = True       # handle.forward_reduced: the caller's reduction of the logits runs in the trace
@@ -189,7 +169,7 @@ class NNsightModel:
 
     @property
     def device(self) -> torch.device:
-        return next(self.hf_model.parameters()).device
+        return devices.input_device(self.hf_model)
 
     def _trace(self, plan: list, kwargs: dict, reduce: Callable | None = None) -> tuple[Any, list[list]]:
         import nnsight
