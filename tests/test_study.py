@@ -89,6 +89,43 @@ def test_findings_card_answers_with_numbers_from_the_stage_files(study_dir):
     assert cells["n_cells"] > 0 and 0 < cells["significant"] <= cells["n_cells"]
 
 
+def test_report_reads_typed_summaries_so_a_renamed_key_is_an_error_not_n_a(study_dir, tmp_path):
+    """Every summary the study wrote validates against its schema; renaming a key the report reads
+    fails with one line naming the file and the field (before: the report printed "n/a"), and a stage
+    refuses to write a summary that lacks one."""
+    from countlens.errors import InputError
+    from countlens.report.html import build_blocks
+    from countlens.study.config import StudyConfig
+    from countlens.summaries import (AtPSummary, AttentionSummary, DataSummary, DLASummary, LensSummary,
+                                     ModelSummary, PatchSummary, ProbeSummary, SteerSummary)
+
+    out, _, _ = study_dir
+    schemas = {"data": DataSummary, "patch": PatchSummary, "probes": ProbeSummary, "steer": SteerSummary,
+               "analyses/lens": LensSummary, "analyses/dla": DLASummary, "analyses/attention": AttentionSummary,
+               "analyses/atp": AtPSummary}
+    for rel, schema in schemas.items():
+        assert schema.read(out / rel / "summary.json") is not None, rel
+    steer = SteerSummary.read(out / "steer" / "summary.json")
+    assert list(steer.vectors()) == ["mean-diff", "one-more", "probe"] and steer.best == steer.mean_diff.best
+    assert ModelSummary.read(out / "model.json").n_layers == 4
+
+    run = tmp_path / "run"
+    shutil.copytree(out, run)
+    cfg = StudyConfig.model_validate(__import__("yaml").safe_load((run / "config.yaml").read_text()))
+    build_blocks(run, cfg)  # the copy renders
+    f = run / "patch" / "summary.json"
+    s = json.loads(f.read_text())
+    s["kept"] = s.pop("kept_pairs")
+    f.write_text(json.dumps(s))
+    with pytest.raises(InputError) as e:
+        build_blocks(run, cfg)
+    assert str(e.value).startswith(f"{f}: field 'kept_pairs': field required") and "\n" not in str(e.value)
+    with pytest.raises(InputError, match="field 'per_layer.0.mean'"):
+        bad = json.loads((out / "patch" / "summary.json").read_text())
+        del bad["per_layer"][0]["mean"]
+        PatchSummary.check(bad)
+
+
 def test_rerun_skips_finished_stages_and_force_reruns_one(study_dir):
     out, _, cfg_file = study_dir
     proc = run_cli("run", str(cfg_file), "--out", str(out), "--json", "--force", "steer", check=True)

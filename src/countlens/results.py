@@ -10,7 +10,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from countlens.summaries import AtPSummary, AttentionSummary, DLASummary, LensSummary, Summary
 
 if TYPE_CHECKING:  # pandas and numpy load when a result is used, so `import countlens` stays light
     import numpy as np
@@ -147,6 +149,7 @@ class _Analysis:
     table: pd.DataFrame
     summary: dict
     WHAT = "analysis"
+    SCHEMA: ClassVar[type[Summary]] = Summary   # what summary.json must hold (countlens.summaries)
 
     def to_frame(self) -> pd.DataFrame:
         return self.table
@@ -158,7 +161,7 @@ class _Analysis:
         out = Path(out)
         out.mkdir(parents=True, exist_ok=True)
         write_parquet(out / "table.parquet", self.table)
-        write_json(out / "summary.json", self.summary)
+        write_json(out / "summary.json", self.SCHEMA.check(self.summary, str(out / "summary.json")))
         return out
 
     @classmethod
@@ -187,6 +190,7 @@ class LensResult(_Analysis):
     the cosine of each direction with each digit's readout direction (alignment.parquet)."""
     alignment: pd.DataFrame | None = None
     WHAT = "logit-lens"
+    SCHEMA = LensSummary
 
     def save(self, out: str | Path) -> Path:
         from countlens.io import write_parquet
@@ -210,15 +214,18 @@ class DLAResult(_Analysis):
     """Direct logit attribution: one row per component (mean over rows, bootstrap 95 % interval); the
     summary has the total, the top heads and MLPs and the remainders' share."""
     WHAT = "attribution"
+    SCHEMA = DLASummary
 
 
 @dataclass
 class AttentionResult(_Analysis):
     """Attention to matching vs non-matching items: query x weighting x layer x head x measure."""
     WHAT = "attention"
+    SCHEMA = AttentionSummary
 
 
 @dataclass
 class AtPResult(_Analysis):
     """Attribution patching: exact patching's long table (plus the `delta_ld` estimate) and summary."""
     WHAT = "attribution-patching"
+    SCHEMA = AtPSummary

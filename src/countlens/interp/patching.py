@@ -37,6 +37,7 @@ from countlens.models.hooks import n_heads
 from countlens.sites import Site, every_layer, layer_key, parse_layer
 from countlens.io import read_jsonl
 from countlens.results import PatchResult
+from countlens.summaries import PatchSummary
 from countlens.models.generation import generate_batch, prefix_kv
 from countlens.models.handle import ModelHandle, forward_reduced, keep_logits, pad_left
 from countlens.options import PatchOptions
@@ -837,5 +838,5 @@ def save_result(result: PatchResult, out: str | Path) -> dict:
     summary = result.summary | {"options": result.options.model_dump(mode="json")}
     figures = [str(p) for p in result.plot(out)]
     summary["figures"] = figures
-    write_json(out / "summary.json", summary)
+    write_json(out / "summary.json", PatchSummary.check(summary, str(out / "summary.json")))
     return summary

@@ -29,6 +29,7 @@ import pandas as pd
 
 from countlens.errors import InputError
 from countlens.results import ProbeResults
+from countlens.summaries import ProbeSummary
 from countlens.interp.directions import Directions, write_layout
 from countlens.interp.probe_fit import Cell, CellFit, FitConfig, fit_cell, mean_slope
 from countlens.interp.store import ActStore, write_parquet
@@ -457,7 +458,7 @@ def _write(res: ProbeResults, out: Path, results: list[dict], figures: bool = Tr
     res.summary["files"] = res.files
     if figures:
         res.summary["figures"] = res.plot(out)
-    write_json(out / "summary.json", res.summary)
+    write_json(out / "summary.json", ProbeSummary.check(res.summary, str(out / "summary.json")))
 
 
 __all__ = ["CONTROLS", "SPLITS", "ProbeResults", "assign_folds", "bag_of_words", "build_cells", "control_marks",

@@ -41,6 +41,7 @@ from countlens.models import kvcache
 from countlens.models import hooks
 from countlens.models.hooks import capture
 from countlens.results import SteerResult
+from countlens.summaries import SteerSummary
 from countlens.sites import Site, every_layer, parse_layer
 from countlens.interp.directions import Directions
 from countlens.interp.probe_fit import FitConfig, full_fit_directions
@@ -583,5 +584,5 @@ def save_steering(result: SteerResult, out: str | Path) -> dict:
         result.table.to_parquet(tmp, index=False)
     write_json(out / "transitions.json", result.transitions)
     summary = result.summary | {"figures": [str(p) for p in result.plot(out)]}
-    write_json(out / "summary.json", summary)
+    write_json(out / "summary.json", SteerSummary.check(summary, str(out / "summary.json")))
     return summary

@@ -16,6 +16,8 @@ from pathlib import Path
 import pandas as pd
 
 from countlens.errors import InputError
+from countlens.report.findings import bench_summaries
+from countlens.summaries import ModelSummary, ProbeSummary, SteerBest, SteerSummary
 
 
 @dataclass
@@ -28,32 +30,25 @@ class RunView:
     patch: pd.DataFrame | None = None                              # position_name, layer, exact_match, n
     probes: pd.DataFrame | None = None                             # layer, accuracy, ci_low, ci_high, control
     steer: pd.DataFrame | None = None                              # layer, success_rate (best scale per layer)
-    steer_best: dict | None = None
+    steer_best: SteerBest | None = None
     chance: float | None = None
 
     def depth(self, layer) -> float:
         return 0.0 if layer == "emb" else (int(layer) + 1) / self.n_layers
 
 
-def _read(path: Path) -> dict | None:
-    return json.loads(path.read_text()) if path.exists() else None
-
-
 def load_run(folder: str | Path, label: str | None = None) -> RunView:
     """The numbers `compare` needs from one `countlens run` output folder."""
     folder = Path(folder)
-    model = _read(folder / "model.json")
+    model = ModelSummary.read(folder / "model.json")
     if model is None:
         raise InputError(f"'{folder}' is not a study folder (no model.json); pass `countlens run` --out folders")
-    n_layers = int(model.get("n_layers") or model.get("layers") or 1)
-    v = RunView(label=label or model.get("name") or folder.name, folder=folder, model=str(model.get("name")),
-                n_layers=n_layers)
-    for mode in ("generate", "score"):
-        s = _read(folder / "bench" / mode / "summary.json")
-        if s and s.get("models"):
-            m = s["models"][0]
-            v.bench[mode] = {k: m.get(k) for k in ("accuracy", "ci_low", "ci_high", "n")}
-            v.chance = 1 / (int(s["config"].get("k_max", 5)) + 1)
+    v = RunView(label=label or model.name or folder.name, folder=folder, model=model.name, n_layers=model.n_layers)
+    for mode, s in bench_summaries(folder).items():
+        if s.models:
+            m = s.models[0]
+            v.bench[mode] = {"accuracy": m.accuracy, "ci_low": m.ci_low, "ci_high": m.ci_high, "n": m.n}
+            v.chance = 1 / (int(s.config.get("k_max", 5)) + 1)
     table = folder / "patch" / "table.parquet"
     if table.exists():
         t = pd.read_parquet(table)
@@ -62,15 +57,14 @@ def load_run(folder: str | Path, label: str | None = None) -> RunView:
             t = t.assign(position_name=t.position.astype(str))
         v.patch = (t.groupby(["position_name", "layer"], sort=False)["value"].agg(["mean", "size"])
                    .rename(columns={"mean": "exact_match", "size": "n"}).reset_index())
-    p = _read(folder / "probes" / "summary.json")
+    p = ProbeSummary.read(folder / "probes" / "summary.json")
     if p:
-        v.probes = pd.DataFrame([{"layer": r["layer"], "accuracy": r["accuracy"], "ci_low": r.get("ci_low"),
-                                  "ci_high": r.get("ci_high"), "control": r.get("control_accuracy")}
-                                 for r in p["per_layer"]])
-    s = _read(folder / "steer" / "summary.json")
-    if s and s.get("mean-diff"):
-        v.steer = pd.DataFrame(s["mean-diff"]["per_layer"])
-        v.steer_best = s["mean-diff"]["best"]
+        v.probes = pd.DataFrame([{"layer": r.layer, "accuracy": r.accuracy, "ci_low": r.ci_low,
+                                  "ci_high": r.ci_high, "control": r.control_accuracy} for r in p.per_layer])
+    s = SteerSummary.read(folder / "steer" / "summary.json")
+    if s and s.mean_diff:
+        v.steer = pd.DataFrame(s.mean_diff.per_layer)
+        v.steer_best = s.mean_diff.best
     return v
 
 
@@ -90,7 +84,7 @@ def compare_table(runs: list[RunView]) -> pd.DataFrame:
     rows.append({"measure": "probe accuracy at the answer, best layer, %",
                  **{r.label: _best_probe(r) for r in runs}})
     rows.append({"measure": "steering N -> N+1 success (mean-diff, best), % (random control)",
-                 **{r.label: (f"{pct(r.steer_best['success_rate'])} (random {pct(r.steer_best.get('control_success_rate'))})"
+                 **{r.label: (f"{pct(r.steer_best.success_rate)} (random {pct(r.steer_best.control_success_rate)})"
                               if r.steer_best else None) for r in runs}})
     return pd.DataFrame(rows).set_index("measure")
 

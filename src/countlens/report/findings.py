@@ -7,8 +7,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from countlens.bench.results import BenchSummary
 from countlens.report.analyses_sections import analyses_dir
-from countlens.report.fmt import load, num, pct
+from countlens.report.fmt import num, pct
+from countlens.summaries import (AttentionSummary, DataSummary, DLASummary, LensSummary, PatchSummary, ProbeSummary,
+                                 SteerSummary, read)
 
 
 DECODABLE = 0.9   # "decodable" from the first layer whose probe accuracy is within 90 % of the best layer's
@@ -17,104 +20,108 @@ CAUSAL = 0.5      # "causal" from the first layer whose normalised patching effe
 
 def chance_levels(out: Path) -> dict:
     """Uniform chance over the answers 0..K and the majority-class rate of the data."""
-    data = load(out / "data" / "summary.json") or {}
-    by = {int(k): v for k, v in (data.get("by_count") or {}).items()}
+    data = DataSummary.read(out / "data" / "summary.json")
+    by = {int(k): v for k, v in data.by_count.items()} if data else {}
     if not by:
         return {}
     return {"uniform": 1 / (max(by) + 1), "majority": max(by.values()) / sum(by.values()), "k": max(by)}
 
 
+def bench_summaries(out: Path) -> dict[str, BenchSummary]:
+    """{mode: summary} for the benchmark modes that ran, generate first."""
+    got = {mode: out / "bench" / mode / "summary.json" for mode in ("generate", "score")}
+    return {mode: read(BenchSummary, p) for mode, p in got.items() if p.is_file()}
+
+
 def counts_above_chance(out: Path) -> bool | None:
     """True when every benchmark mode's accuracy interval lies above both chance levels."""
     ch = chance_levels(out)
-    lows = []
-    for mode in ("generate", "score"):
-        s = load(out / "bench" / mode / "summary.json")
-        for m in (s or {}).get("models", []):
-            lows.append(m.get("ci_low"))
-    if not lows or not ch or any(x is None for x in lows):
+    lows = [m.ci_low for s in bench_summaries(out).values() for m in s.models]
+    if not lows or not ch or any(x is None or x != x for x in lows):
         return None
     return min(lows) > max(ch["uniform"], ch["majority"])
 
 
-def _ci(e: dict, key: str, f=pct, lo: str = "ci_low", hi: str = "ci_high") -> str:
-    return f"{f(e.get(key))} [{f(e.get(lo))}, {f(e.get(hi))}]"
+def ci(value: Any, lo: Any, hi: Any, f=pct) -> str:
+    """'12.3% [10.0%, 14.1%]': a value and its interval."""
+    return f"{f(value)} [{f(lo)}, {f(hi)}]"
 
 
 def _counts(out: Path) -> tuple[str, str]:
-    s = load(out / "bench" / "generate" / "summary.json") or load(out / "bench" / "score" / "summary.json")
-    if not s or not s.get("models"):
+    bench = bench_summaries(out)
+    models = next((s.models for s in bench.values() if s.models), None)
+    if not models:
         return "not measured (the benchmark has not run)", "bench"
-    m = s["models"][0]
+    m = models[0]
     ch = chance_levels(out)
     above = counts_above_chance(out)
     verdict = "yes, above chance" if above else "NO, not above chance" if above is False else "see the benchmark"
-    return (f"{verdict}: {_ci(m, 'accuracy')} on {m.get('n')} examples (chance: uniform {pct(ch.get('uniform'))}, "
-            f"majority {pct(ch.get('majority'))})"), "bench"
+    return (f"{verdict}: {ci(m.accuracy, m.ci_low, m.ci_high)} on {m.n} examples (chance: uniform "
+            f"{pct(ch.get('uniform'))}, majority {pct(ch.get('majority'))})"), "bench"
 
 
 def _decodable(out: Path) -> tuple[str, str]:
-    s = load(out / "probes" / "summary.json")
-    pl = (s or {}).get("per_layer") or []
+    s = ProbeSummary.read(out / "probes" / "summary.json")
+    pl = s.per_layer if s else []
     if not pl:
         return "not measured (the probes have not run)", "probes"
-    best = max(e.get("accuracy") or 0 for e in pl)
-    first = next(e for e in pl if (e.get("accuracy") or 0) >= DECODABLE * best)
-    weak = (first.get("accuracy") or 0) - (first.get("control_accuracy") or 0) < 0.1
-    return (f"from layer {first['layer']} at the answer position: probe accuracy {_ci(first, 'accuracy')} "
-            f"(best {pct(best)}; control task {pct(first.get('control_accuracy'))}"
+    best = max(e.accuracy or 0 for e in pl)
+    first = next(e for e in pl if (e.accuracy or 0) >= DECODABLE * best)
+    weak = (first.accuracy or 0) - (first.control_accuracy or 0) < 0.1
+    return (f"from layer {first.layer} at the answer position: probe accuracy "
+            f"{ci(first.accuracy, first.ci_low, first.ci_high)} (best {pct(best)}; control task "
+            f"{pct(first.control_accuracy)}"
             + ("; barely above the control, so only weakly decodable)" if weak else ")")), "probes"
 
 
 def _causal(out: Path) -> tuple[str, str]:
-    s = load(out / "patch" / "summary.json")
-    pl = (s or {}).get("per_layer") or []
+    s = PatchSummary.read(out / "patch" / "summary.json")
+    pl = s.per_layer if s else []
     if not pl:
         return "not measured (patching has not run)", "patch"
-    if s.get("informative_pairs") == 0:
+    if s.informative_pairs == 0:
         return "undefined: the model's output does not tell a pair's two counts apart", "patch"
-    first = next((e for e in pl if (e.get("mean") or 0) >= CAUSAL), None)
+    first = next((e for e in pl if (e.mean or 0) >= CAUSAL), None)
     if first is None:
         return (f"no layer reaches a normalised effect of {CAUSAL} at the answer position (largest "
-                f"{num(max(e.get('mean') or 0 for e in pl))})"), "patch"
-    return (f"from layer {first['layer']} at the answer position: patching the residual stream there moves "
-            f"{_ci(first, 'mean', num)} of the way to the other count"), "patch"
+                f"{num(max(e.mean or 0 for e in pl))})"), "patch"
+    return (f"from layer {first.layer} at the answer position: patching the residual stream there moves "
+            f"{ci(first.mean, first.ci_low, first.ci_high, num)} of the way to the other count"), "patch"
 
 
 def _read_out(out: Path) -> tuple[str, str]:
-    s = load(analyses_dir(out) / "lens" / "summary.json")
+    s = LensSummary.read(analyses_dir(out) / "lens" / "summary.json")
     if not s:
         return "not measured (the logit lens has not run)", "lens"
-    first = s.get("first_layer_90")
-    own, chance = s.get("own") or {}, s.get("chance") or {}
-    level = max(chance.get("uniform") or 0, chance.get("majority") or 0)
-    if own.get("ci_low") is not None and own["ci_low"] <= level:
-        return (f"nothing to read out: the model's own accuracy over the count tokens, {_ci(own, 'accuracy')}, "
-                f"is at chance ({pct(level)})"), "lens"
-    row = next((e for e in s.get("per_layer", []) if str(e["layer"]) == str(first)), {})
-    return (f"from layer {first}: the logit lens reaches {_ci(row, 'accuracy')}, 90 % of the model's own "
-            f"{pct((s.get('own') or {}).get('accuracy'))}" if first is not None else
+    first, own = s.first_layer_90, s.own
+    level = max(s.chance.uniform or 0, s.chance.majority or 0)
+    if own.ci_low is not None and own.ci_low <= level:
+        return (f"nothing to read out: the model's own accuracy over the count tokens, "
+                f"{ci(own.accuracy, own.ci_low, own.ci_high)}, is at chance ({pct(level)})"), "lens"
+    row = next((e for e in s.per_layer if str(e.layer) == str(first)), None)
+    return (f"from layer {first}: the logit lens reaches {ci(row.accuracy, row.ci_low, row.ci_high)}, 90 % of "
+            f"the model's own {pct(own.accuracy)}" if row is not None else
             "the logit lens never reaches 90 % of the model's own accuracy"), "lens"
 
 
 def _components(out: Path) -> tuple[str, str]:
     parts = []
-    dla = load(analyses_dir(out) / "dla" / "summary.json")
-    if dla:
-        h = (dla.get("top_heads") or [{}])[0]
-        m = (dla.get("top_mlps") or [{}])[0]
-        parts.append(f"DLA: head {h.get('component', '?').removeprefix('head.')} {_ci(h, 'mean', num)}, "
-                     f"{m.get('component')} {_ci(m, 'mean', num)} logits")
-    att = load(analyses_dir(out) / "attention" / "summary.json")
-    if att and att.get("top_heads"):
-        h = att["top_heads"][0]
-        parts.append(f"attention to matching items: head {h['layer']}.{h['head']} "
-                     f"{_ci(h, 'diff', lambda x: num(x, 3))} more per matching word")
-    patch = load(out / "patch" / "summary.json")
-    heads = (((patch or {}).get("cells") or {}).get("top_at_answer") or {}).get("head") or []
+    dla = DLASummary.read(analyses_dir(out) / "dla" / "summary.json")
+    if dla and dla.top_heads and dla.top_mlps:
+        h, m = dla.top_heads[0], dla.top_mlps[0]
+        parts.append(f"DLA: head {h.component.removeprefix('head.')} {ci(h.mean, h.ci_low, h.ci_high, num)}, "
+                     f"{m.component} {ci(m.mean, m.ci_low, m.ci_high, num)} logits")
+    att = AttentionSummary.read(analyses_dir(out) / "attention" / "summary.json")
+    if att and att.top_heads:
+        h = att.top_heads[0]
+        parts.append(f"attention to matching items: head {h.layer}.{h.head} "
+                     f"{ci(h.diff, h.ci_low, h.ci_high, lambda x: num(x, 3))} more per matching word")
+    patch = PatchSummary.read(out / "patch" / "summary.json")
+    heads = patch.cells.top_at_answer.get("head", []) if patch and patch.cells else []
     if heads:
         h = heads[0]
-        parts.append(f"head patching: head {h['layer']}.{h['head']} {_ci(h, 'mean', num)} logit difference")
+        parts.append(f"head patching: head {h.layer}.{h.head} {ci(h.mean, h.ci_low, h.ci_high, num)} "
+                     "logit difference")
     return ("; ".join(parts) if parts else "not measured (DLA, attention and head patching have not run)"), "dla"
 
 
@@ -128,15 +135,14 @@ def _mechanism(out: Path) -> tuple[str, str]:
 
 
 def _steer(out: Path) -> tuple[str, str]:
-    s = load(out / "steer" / "summary.json")
-    b = ((s or {}).get("mean-diff") or {}).get("best")
+    s = SteerSummary.read(out / "steer" / "summary.json")
+    b = s.mean_diff.best if s and s.mean_diff else None
     if not b:
         return "not measured (steering has not run)", "steer"
-    ok = b.get("ci_low") is not None and b.get("control_success_rate") is not None \
-        and b["ci_low"] > b["control_success_rate"]
-    return (f"{'yes' if ok else 'no better than a random vector'}: N -> N+1 in {_ci(b, 'success_rate')} of "
-            f"held-out examples at layer {b['layer']} (scale {num(b['scale'], 1)}), random vector of the same norm "
-            f"{pct(b.get('control_success_rate'))}"), "steer"
+    ok = b.ci_low is not None and b.control_success_rate is not None and b.ci_low > b.control_success_rate
+    return (f"{'yes' if ok else 'no better than a random vector'}: N -> N+1 in "
+            f"{ci(b.success_rate, b.ci_low, b.ci_high)} of held-out examples at layer {b.layer} (scale "
+            f"{num(b.scale, 1)}), random vector of the same norm {pct(b.control_success_rate)}"), "steer"
 
 
 QUESTIONS = (("Does the model count?", _counts),

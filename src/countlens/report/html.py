@@ -18,14 +18,10 @@ from countlens.report.fmt import load as _load
 from countlens.report.fmt import num as _num
 from countlens.report.fmt import pct as _pct
 from countlens.report.analyses_sections import analyses_sections
-from countlens.report.findings import chance_levels, counts_above_chance, findings_block
+from countlens.report.findings import bench_summaries, chance_levels, ci, counts_above_chance, findings_block
+from countlens.summaries import DataSummary, ModelSummary, PatchSummary, ProbeSummary, SteerSummary
 
 Block = tuple[str, Any]  # ("h2", (id, text)) | ("p", text) | ("table", (header, rows)) | ("fig", (path, caption))
-
-
-def _ci(e: dict, key="accuracy", lo="ci_low", hi="ci_high", pct=True) -> str:
-    f = _pct if pct else _num
-    return f"{f(e.get(key))} [{f(e.get(lo))}, {f(e.get(hi))}]"
 
 
 def _figs(d: Path, names: list[str], captions: dict[str, str] | None = None) -> list[Block]:
@@ -39,31 +35,32 @@ def _figs(d: Path, names: list[str], captions: dict[str, str] | None = None) -> 
 def run_section(out: Path, cfg: Any) -> list[Block]:
     env = _load(out / "environment.json") or {}
     timings = _load(out / "timings.json") or {}
-    data = _load(out / "data" / "summary.json") or {}
-    model = _load(out / "model.json") or {}
+    data = DataSummary.read(out / "data" / "summary.json")
+    model = ModelSummary.read(out / "model.json")
     blocks: list[Block] = [("h2", ("run", "What ran"))]
     rows = [["model", cfg.model], ["preset", cfg.preset],
-            ["template", f"{model.get('template') or cfg.template or 'seed-v1'}"
+            ["template", f"{(model and model.template) or cfg.template or 'seed-v1'}"
                          + ("" if cfg.template else " (the model's native template, else seed-v1)")],
-            ["prompt format", f"{model.get('prompt_format', cfg.prompt_format)} (asked: {cfg.prompt_format})"],
-            ["examples", str(data.get("rows"))], ["data seed", str(cfg.data.seed)], ["lexicon", cfg.data.lexicon]]
+            ["prompt format", f"{model.prompt_format if model else cfg.prompt_format} (asked: {cfg.prompt_format})"],
+            ["examples", str(data.rows if data else None)], ["data seed", str(cfg.data.seed)],
+            ["lexicon", cfg.data.lexicon]]
     if model:
-        rows += [["architecture", f"{model.get('architecture')}: {model.get('n_layers')} decoder blocks, d_model "
-                                  f"{model.get('d_model')}, {model.get('n_heads')} query heads over "
-                                  f"{model.get('n_kv_heads')} key/value heads, {model.get('parameters', 0) / 1e6:.1f} M "
-                                  f"parameters, {model.get('dtype')} on {model.get('device')}"],
-                 ["system prompt", repr(model["default_system_prompt"]) + " (added by the chat template by default)"
-                  if model.get("default_system_prompt") else "none"],
+        rows += [["architecture", f"{model.architecture}: {model.n_layers} decoder blocks, d_model "
+                                  f"{model.d_model}, {model.n_heads} query heads over "
+                                  f"{model.n_kv_heads} key/value heads, {model.parameters / 1e6:.1f} M "
+                                  f"parameters, {model.dtype} on {model.device}"],
+                 ["system prompt", repr(model.default_system_prompt) + " (added by the chat template by default)"
+                  if model.default_system_prompt else "none"],
                  ["BOS", {"adds": "the tokenizer adds BOS itself; it is in the formatted text",
-                          "has": f"the tokenizer has BOS {model.get('bos_token')!r} but does not add it; raw prompts "
+                          "has": f"the tokenizer has BOS {model.bos_token!r} but does not add it; raw prompts "
                                  "get it in front, chat prompts as the template writes them",
-                          "none": "the tokenizer has no BOS token"}.get(model.get("bos_rule"), "n/a")]]
-        if model.get("gguf"):
-            g = model["gguf"]
+                          "none": "the tokenizer has no BOS token"}.get(model.bos_rule, "n/a")]]
+        if model.gguf:
+            g = model.gguf
             rows.append(["weights", f"dequantized from {Path(g['gguf']).name} (sha256 {g['sha256'][:12]}...): "
                                     "the numbers describe the quantized release, not the original float weights"])
-        if model.get("finetune"):
-            f = model["finetune"]
+        if model.finetune:
+            f = model.finetune
             rows.append(["fine-tune", f"LoRA adapter (rank {f['config']['rank']}, every linear layer) on {f['base']}, "
                                       f"{f['steps']} steps of {f['config']['batch_size']} fresh "
                                       f"{f['template']['name']} examples in its chat format, loss on the answer only, "
@@ -73,7 +70,7 @@ def run_section(out: Path, cfg: Any) -> list[Block]:
              ["stage timings (s)", ", ".join(f"{k} {v}" for k, v in timings.items())]]
     ran = preset_plan(cfg)
     rows.append(["what the preset ran", ran])
-    org = Path(model["path"]) / "countlens.json" if model.get("path") else None  # the model's folder
+    org = Path(model.path) / "countlens.json" if model and model.path else None  # the model's folder
     if org and org.exists():
         meta = json.loads(org.read_text())
     if org and org.exists() and "finetune" not in meta:  # a fine-tuned model has its own row above
@@ -81,13 +78,12 @@ def run_section(out: Path, cfg: Any) -> list[Block]:
         rows.append(["organism", f"{meta.get('template')} template, {_pct(meta.get('accuracy'))} greedy on "
                      f"{ev.get('n') if isinstance(ev, dict) else ev} fresh examples, {meta.get('steps')} training steps"])
     blocks.append(("table", (["setting", "value"], rows)))
-    ex = model.get("example")
+    ex = model.example if model else None
     if ex:
-        named = [t for t in ex["tokens"] if t.get("name")]
         blocks.append(("p", "One prompt exactly as the model sees it, as tokens (| between tokens), with its named "
-                            "positions: " + "|".join(t["text"] for t in ex["tokens"]).replace("\n", "\\n")))
+                            "positions: " + "|".join(t.text for t in ex.tokens).replace("\n", "\\n")))
         blocks.append(("table", (["token index", "token", "named position"],
-                                 [[str(t["i"]), repr(t["text"]), t["name"]] for t in named])))
+                                 [[str(t.i), repr(t.text), t.name] for t in ex.tokens if t.name])))
     return blocks
 
 
@@ -113,32 +109,24 @@ def bench_section(out: Path) -> list[Block]:
     blocks: list[Block] = [("h2", ("bench", "1. How well does it count? (benchmark)"))]
     rows, figs = [], []
     ch = chance_levels(out)
-    for mode in ("generate", "score"):
+    for mode, s in bench_summaries(out).items():
         d = out / "bench" / mode
-        s = _load(d / "summary.json")
-        if not s:
-            continue
-        for m in s.get("models", []):
-            rows.append([mode, m.get("model"), str(m.get("n")), _ci(m), _pct(m.get("accuracy_strict")),
-                         _pct(m.get("parse_error_rate")), _pct(m.get("numerical_error_rate")),
-                         _num(m.get("mean_signed_error"))])
-            by = m.get("by_count") or {}
-            if by:
+        for m in s.models:
+            rows.append([mode, m.model, str(m.n), ci(m.accuracy, m.ci_low, m.ci_high), _pct(m.accuracy_strict),
+                         _pct(m.parse_error_rate), _pct(m.numerical_error_rate), _num(m.mean_signed_error)])
+            if m.by_count:
                 blocks.append(("p", f"Accuracy by true count ({mode} mode): " + ", ".join(
-                    f"{k}: {_pct(v.get('accuracy') if isinstance(v, dict) else v)}" for k, v in by.items())))
+                    f"{k}: {_pct(v.accuracy)}" for k, v in m.by_count.items())))
             if mode == "generate":
-                byl = m.get("by_list_length") or {}
-                if byl:
+                if m.by_list_length:
                     blocks.append(("p", "By list length (generate mode): " + ", ".join(
-                        f"{k}: {_pct(v.get('accuracy') if isinstance(v, dict) else v)}" for k, v in byl.items())))
-            else:
-                extra = {k: v for k, v in (m.get("score") or {}).items()
-                         if k in ("p_correct", "mean_expected_error", "ece", "mean_confidence")}
-                if extra:
-                    blocks.append(("p", "Score mode (one forward per prompt): " + ", ".join(
-                        f"{k.replace('_', ' ')} {_num(v, 3)}" for k, v in extra.items())))
+                        f"{k}: {_pct(v.accuracy)}" for k, v in m.by_list_length.items())))
+            elif m.score:
+                extra = m.score.model_dump(include={"p_correct", "mean_expected_error", "ece", "mean_confidence"})
+                blocks.append(("p", "Score mode (one forward per prompt): " + ", ".join(
+                    f"{k.replace('_', ' ')} {_num(v, 3)}" for k, v in extra.items())))
         names = ["accuracy_by_count.png", "confusion*.png"]
-        if len(s.get("models", [])) > 1:  # one model: the table above says it; no single-bar chart
+        if len(s.models) > 1:  # one model: the table above says it; no single-bar chart
             names.insert(0, "accuracy.png")
         figs += _figs(d, names, bench_captions(d, mode))
     if not rows:
@@ -180,66 +168,65 @@ def bench_captions(d: Path, mode: str) -> dict[str, str]:
 
 def patch_section(out: Path) -> list[Block]:
     d = out / "patch"
-    s = _load(d / "summary.json")
+    s = PatchSummary.read(d / "summary.json")
     blocks: list[Block] = [("h2", ("patch", "2. Where is the count causally carried? (activation patching)"))]
     if not s:
         return blocks + [("p", "The patching stage has not run.")]
-    pl = s["per_layer"]
-    rows = [[str(e["layer"]), _ci(e, "mean", pct=False),
-             f"{_num(e.get('delta_ld'), 3)} [{_num(e.get('delta_ld_ci_low'), 3)}, {_num(e.get('delta_ld_ci_high'), 3)}]",
-             _num(e.get("ratio_of_means")), _pct(e.get("p_target")),
-             _ci(e, "exact_match", "exact_match_ci_low", "exact_match_ci_high")] for e in pl]
-    first_half = next((e for e in pl if (e["mean"] or 0) >= 0.5), None)
+    pl = s.per_layer
+    rows = [[str(e.layer), ci(e.mean, e.ci_low, e.ci_high, _num),
+             f"{_num(e.delta_ld, 3)} [{_num(e.delta_ld_ci_low, 3)}, {_num(e.delta_ld_ci_high, 3)}]",
+             _num(e.ratio_of_means), _pct(e.p_target),
+             ci(e.exact_match, e.exact_match_ci_low, e.exact_match_ci_high)] for e in pl]
+    first_half = next((e for e in pl if (e.mean or 0) >= 0.5), None)
     blocks += [
-        ("p", f"{s['kept_pairs']} of {s['total_pairs']} minimal pairs patched ("
-              + (f"FALLBACK: {s['filter_fallback']}, so these are all aligned pairs with logit-difference metrics"
-                 if s.get("filter_fallback") else "no baseline filter" if s.get("filter") == "none" else
-                 f"the model answers both prompts correctly, filter '{s.get('filter')}'")
-              + f"; {s['dropped_misaligned']} dropped as misaligned under the model's tokenizer). "
-              f"Method: {s['method']}; direction shown: {s['direction']}. The normalised effect is averaged over "
-              f"the {s.get('informative_pairs', s['kept_pairs'])} pairs whose source and base logit differences "
-              f"differ by more than {s.get('ld_gap_threshold', 0)} logits (mean gap "
-              f"{_num(s.get('mean_ld_gap'))}); the change in logit difference is over every pair."),
+        ("p", f"{s.kept_pairs} of {s.total_pairs} minimal pairs patched ("
+              + (f"FALLBACK: {s.filter_fallback}, so these are all aligned pairs with logit-difference metrics"
+                 if s.filter_fallback else "no baseline filter" if s.filter == "none" else
+                 f"the model answers both prompts correctly, filter '{s.filter}'")
+              + f"; {s.dropped_misaligned} dropped as misaligned under the model's tokenizer). "
+              f"Method: {s.method}; direction shown: {s.direction}. The normalised effect is averaged over "
+              f"the {s.informative_pairs} pairs whose source and base logit differences "
+              f"differ by more than {s.ld_gap_threshold} logits (mean gap "
+              f"{_num(s.mean_ld_gap)}); the change in logit difference is over every pair."),
         ("table", (["layer", f"normalised effect [{BOOT}]", f"Δ logit diff [{BOOT}]", "ratio of means",
                     "P(target)", f"argmax = target [{WILSON}]"], rows)),
         ("p", (f"Reading: no pair's source and base logit differences differ by more than "
-               f"{s.get('ld_gap_threshold')} logits (mean gap {_num(s.get('mean_ld_gap'), 3)}): the model's output "
+               f"{s.ld_gap_threshold} logits (mean gap {_num(s.mean_ld_gap, 3)}): the model's output "
                "barely tells the two counts of a pair apart, so there is no output difference for patching to "
                "move and the normalised effect is undefined; the Δ logit-difference column shows the (small) "
                "absolute effects. This describes where the changed word's information flows, not a counter."
-         if s.get("informative_pairs") == 0 else
+         if s.informative_pairs == 0 else
               f"Reading: the normalised effect of patching the residual stream at the answer position is "
-              f"{_num(pl[0]['mean'], 2)} at 'emb' and {_num(pl[-1]['mean'], 2)} after the last block (0: no "
+              f"{_num(pl[0].mean, 2)} at 'emb' and {_num(pl[-1].mean, 2)} after the last block (0: no "
               f"change, 1: the patched run behaves like the source prompt); it first passes one half at layer "
-              f"{first_half['layer'] if first_half else 'n/a'}. "
+              f"{first_half.layer if first_half else 'n/a'}. "
               "Layer L is the output of block L. The heatmaps show where along the prompt the count "
               "information sits at each layer: effect at the changed word's position in early layers and at "
               "the answer position only in late layers suggests a running count carried forward; effect only "
               "at the answer position suggests aggregation at the end. Averages hide single-pair noise: see "
               "the CI.")),
     ]
-    gen = s.get("generate") or []
-    if gen:
+    if s.generate:
         blocks.append(("table", (["layer", "changed (generate)", f"exact match (generate) [{WILSON}]",
                                   "mean absolute shift"],
-                                 [[str(g["layer"]), _pct(g["gen_changed"]),
-                                   _ci(g, "gen_exact_match", "gen_exact_match_ci_low", "gen_exact_match_ci_high"),
-                                   _num(g["gen_abs_shift"])] for g in gen])))
+                                 [[str(g.layer), _pct(g.gen_changed),
+                                   ci(g.gen_exact_match, g.gen_exact_match_ci_low, g.gen_exact_match_ci_high),
+                                   _num(g.gen_abs_shift)] for g in s.generate])))
         blocks.append(("p", "The original study's protocol (patch, generate, parse), kept for comparison."))
     blocks.append(("p", f"Intervals: {BOOT}s (percentile, over pairs) for the means of effects; {WILSON}s "
                         "for the argmax and exact-match rates, which stay honest at 0 % and 100 %."))
     return blocks + _figs(d, ["patch_per_layer.png", "patch_heatmap_*.png", "patch_heads.png"], patch_captions(s))
 
 
-def patch_captions(s: dict) -> dict[str, str]:
-    direction = s.get("direction", "denoise")
+def patch_captions(s: PatchSummary) -> dict[str, str]:
+    direction = s.direction
     how = ("the low-count prompt run with the high-count prompt's activations patched in" if direction == "denoise"
            else "the high-count prompt run with the low-count prompt's activations patched in")
     caps = {"patch_per_layer.png": f"Normalised effect of patching the residual stream at the answer position, by "
                                    f"layer ({direction}: {how}), mean over pairs with a {BOOT}.",
             "patch_heads.png": f"Normalised effect of patching each attention head's output at the answer position, "
                                f"by layer x head ({direction})."}
-    named = s.get("positions") == "named"
+    named = s.positions == "named"
     for site in ("resid", "attn", "mlp"):
         caps[f"patch_heatmap_{site}.png"] = (
             f"Normalised effect of patching the {SITE_NAMES[site]} at each layer (rows) x position (columns), "
@@ -254,20 +241,20 @@ SITE_NAMES = {"resid": "residual stream", "attn": "attention output", "mlp": "ML
 
 def probe_section(out: Path) -> list[Block]:
     d = out / "probes"
-    s = _load(d / "summary.json")
+    s = ProbeSummary.read(d / "summary.json")
     blocks: list[Block] = [("h2", ("probes", "3. Where can the count be read out? (linear probes, with controls)"))]
     if not s:
         return blocks + [("p", "The probe stage has not run.")]
-    pl = s.get("per_layer", [])
-    rows = [[str(e["layer"]), _ci(e), _pct(e.get("control_accuracy")), _pct(e.get("selectivity")),
-             _num(e.get("r2"))] for e in pl]
-    best = max(pl, key=lambda e: e.get("accuracy") or 0) if pl else {}
-    inp = (s.get("input_baseline") or {}).get("accuracy")
-    maj = s.get("majority")
-    maj = maj.get("accuracy") if isinstance(maj, dict) else maj
+    pl = s.per_layer
+    rows = [[str(e.layer), ci(e.accuracy, e.ci_low, e.ci_high), _pct(e.control_accuracy), _pct(e.selectivity),
+             _num(e.r2)] for e in pl]
+    best = max(pl, key=lambda e: e.accuracy or 0) if pl else None
+    best_layer, best_acc = (best.layer, best.accuracy) if best else (None, None)
+    inp = s.input_baseline.accuracy if s.input_baseline else None
+    maj = s.majority.accuracy if s.majority else None
     blocks += [("table", (["layer", f"accuracy [{WILSON}]", "control task", "selectivity", "ridge R²"], rows)),
                ("p", f"Baselines: majority class {_pct(maj)}; input-only bag-of-words classifier {_pct(inp)}. "
-                     f"Best layer {best.get('layer')}: {_pct(best.get('accuracy'))}."),
+                     f"Best layer {best_layer}: {_pct(best_acc)}."),
                ("p", "Reading: a probe shows the count is linearly decodable, not that the model uses it "
                      "(see patching and steering for use). Selectivity subtracts the accuracy of the same probe "
                      "on a control task (random word memberships), so it measures what the representation "
@@ -281,43 +268,38 @@ def probe_section(out: Path) -> list[Block]:
                                            "ridge R² of the count as a number.",
             "probe_running_count.png": "Running-count probe: held-out accuracy of the count of matches so far, at "
                                        "each list word (columns) and layer (rows).",
-            "probe_confusion.png": f"Confusion matrix of the best layer's probe (layer {best.get('layer')}): true "
+            "probe_confusion.png": f"Confusion matrix of the best layer's probe (layer {best_layer}): true "
                                    "count (rows) x predicted count (columns), out-of-fold."}
     return blocks + _figs(d, ["probe_accuracy_by_layer.png", "probe_running_count.png", "probe_confusion.png"], caps)
 
 
 def steer_section(out: Path) -> list[Block]:
     d = out / "steer"
-    s = _load(d / "summary.json")
+    s = SteerSummary.read(d / "summary.json")
     blocks: list[Block] = [("h2", ("steer", "4. Can we move the count? (steering)"))]
     if not s:
         return blocks + [("p", "The steering stage has not run.")]
     rows = []
-    for kind in ("mean-diff", "one-more", "probe"):
-        b = (s.get(kind) or {}).get("best")
-        lb = (s.get(kind) or {}).get("last_block")
+    for kind, v in s.vectors().items():
+        b, lb = v.best, v.last_block
         if b:
-            rows.append([kind, str(b["layer"]), _num(b["scale"], 1),
-                         f"{_pct(b['success_rate'])} [{_pct(b.get('ci_low'))}, {_pct(b.get('ci_high'))}]",
-                         _pct(b.get("control_success_rate")), _pct(b.get("wrong_way")),
-                         _pct(lb["success_rate"]) if lb else "n/a"])
+            rows.append([kind, str(b.layer), _num(b.scale, 1), ci(b.success_rate, b.ci_low, b.ci_high),
+                         _pct(b.control_success_rate), _pct(b.wrong_way), _pct(lb.success_rate) if lb else "n/a"])
     source = ("The probes stage's saved directions (fitted on its own examples, not these)"
-              if (s.get("options") or {}).get("directions") else f"Vectors from {s['n_train']} examples")
-    blocks += [("p", f"{source}, evaluated on {s['n_eval']} held-out examples "
-                     f"(unsteered accuracy {_pct(s.get('unsteered_accuracy'))}); target: N -> N+1."),
+              if s.options.get("directions") else f"Vectors from {s.n_train} examples")
+    blocks += [("p", f"{source}, evaluated on {s.n_eval} held-out examples "
+                     f"(unsteered accuracy {_pct(s.unsteered_accuracy)}); target: N -> N+1."),
                ("table", (["vector", "best layer", "scale", f"success [{WILSON}]", "random vector, same norm",
                            "moved the wrong way", "at the last block"], rows))]
-    gen = s.get("generate") or []
-    if gen:
+    if s.generate:
         blocks.append(("table", (["generation", "layer", "scale", "parse rate", "N+1 rate", "still correct"],
-                                 [[g["vector"], str(g["layer"]), _num(g["scale"], 1), _pct(g["parse_rate"]),
-                                   _pct(g["success_rate"]), _pct(g["correct_rate"])] for g in gen])))
-    md = (s.get("mean-diff") or {}).get("best") or {}
-    if md and md.get("ci_low") is not None and md.get("control_success_rate") is not None \
-            and md["ci_low"] <= md["control_success_rate"]:
+                                 [[g.vector, str(g.layer), _num(g.scale, 1), _pct(g.parse_rate),
+                                   _pct(g.success_rate), _pct(g.correct_rate)] for g in s.generate])))
+    md = s.mean_diff.best if s.mean_diff else None
+    if md and md.ci_low is not None and md.control_success_rate is not None and md.ci_low <= md.control_success_rate:
         blocks.append(("p", "No steering vector moved the count N -> N+1 more often than a random vector of the "
-                            f"same norm (best mean-difference setting {_pct(md.get('success_rate'))} against "
-                            f"{_pct(md.get('control_success_rate'))} for the control): this model's count is not "
+                            f"same norm (best mean-difference setting {_pct(md.success_rate)} against "
+                            f"{_pct(md.control_success_rate)} for the control): this model's count is not "
                             "steerable along these directions at these scales."))
     blocks.append(("p", "Reading: the best setting is chosen among layers before the last block, because at the "
                         "last block's output any class-mean difference moves the logits almost by construction "
@@ -325,7 +307,7 @@ def steer_section(out: Path) -> list[Block]:
                         "above it means the direction, not the perturbation size, moves the count."))
     blocks.append(("p", f"Intervals: success rates have {WILSON}s over held-out examples; the "
                         f"dose-response curves have {BOOT}s of the mean shift."))
-    at = f"layer {md.get('layer')}, scale {_num(md.get('scale'), 1)}" if md else "its best setting"
+    at = f"layer {md.layer}, scale {_num(md.scale, 1)}" if md else "its best setting"
     caps = {"steer_dose_response.png": f"Dose-response: mean (steered answer - true N) against the scale, one line "
                                        f"per layer, for each vector ({BOOT}s over examples).",
             "steer_transitions_mean-diff.png": f"True count N (rows) x steered answer (columns) with the "

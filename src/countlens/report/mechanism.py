@@ -31,7 +31,6 @@ files only (it imports no engine module).
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Sequence
 from pathlib import Path
@@ -43,6 +42,7 @@ from pydantic import BaseModel, Field
 
 from countlens.sites import layer_key, parse_layer
 from countlens.stats import bootstrap_ci, wilson_ci
+from countlens.summaries import AttentionSummary, PatchSummary, ProbeSummary, Summary
 
 RUNNING, PARALLEL, INCONCLUSIVE = "running counter", "parallel aggregation", "inconclusive"
 NEUTRAL = "neutral"
@@ -418,8 +418,11 @@ def attention_evidence(summary: Optional[dict], table: Optional[pd.DataFrame] = 
 
 # ------------------------------------------------------------------------------------------- files
 
-def _read_json(path: Path) -> Optional[dict]:
-    return json.loads(path.read_text()) if path.is_file() else None
+def _read_json(path: Path, schema: type[Summary]) -> Optional[dict]:
+    """The summary checked against its schema (a renamed key is a note naming it, not a silent gap),
+    as the dict the evidence functions take (they also take partial dicts)."""
+    s = schema.read(path)
+    return None if s is None else s.model_dump(by_alias=True)
 
 
 def _read_table(path: Optional[Path]) -> Optional[pd.DataFrame]:
@@ -453,7 +456,7 @@ def evidence_from(out: str | Path | None = None, *, probes: str | Path | None = 
     if probes_table is not None:
         p_tab = Path(probes_table)
     try:
-        s = _read_json(p_sum) if p_sum else None
+        s = _read_json(p_sum, ProbeSummary) if p_sum else None
         if s is not None:
             ev.probes = probe_evidence(s, _read_table(p_tab), str(p_sum))
             if ev.probes is None:
@@ -465,7 +468,7 @@ def evidence_from(out: str | Path | None = None, *, probes: str | Path | None = 
     if patch_table is not None:
         c_tab = Path(patch_table)
     try:
-        s = _read_json(c_sum) if c_sum else None
+        s = _read_json(c_sum, PatchSummary) if c_sum else None
         tab = _read_table(c_tab)
         if tab is not None:
             ev.patch = patch_evidence(s or {}, tab, str(c_tab))
@@ -477,7 +480,7 @@ def evidence_from(out: str | Path | None = None, *, probes: str | Path | None = 
     if attention_table is not None:
         a_tab = Path(attention_table)
     try:
-        s = _read_json(a_sum) if a_sum else None
+        s = _read_json(a_sum, AttentionSummary) if a_sum else None
         tab = _read_table(a_tab)
         if s is not None or tab is not None:
             ev.attention = attention_evidence(s, tab, str(a_tab if tab is not None else a_sum))

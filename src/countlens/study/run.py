@@ -22,6 +22,7 @@ from countlens.options import LoadOptions
 from countlens.study.config import StudyConfig, fit_to_model
 from countlens.study.stages import STUDY_STAGES
 from countlens.study.results import BenchResult, DataResult, PairsResult, ReportResult, load_stage
+from countlens.summaries import DataSummary, ModelSummary
 
 STAGES = STUDY_STAGES  # data, pairs, bench, patch, probes, steer, analyses, report (study/stages.py)
 
@@ -90,12 +91,12 @@ class Study:
         else:
             tpl = _template(self.cfg, self.handle)
             summary = generate_dataset(self.data_file, c.n, template=tpl, **c.model_dump(exclude={"n", "file"}))
-        write_json(d / "summary.json", summary)
+        write_json(d / "summary.json", DataSummary.check(summary))
         from countlens.io import read_jsonl
         from countlens.study.describe import describe_model
 
         first = next(obj for _, obj in read_jsonl(self.data_file, 1))
-        write_json(self.out / "model.json", describe_model(self.handle, _template(self.cfg, self.handle), first))
+        write_json(self.out / "model.json", ModelSummary.check(describe_model(self.handle, _template(self.cfg, self.handle), first)))
         return DataResult(summary, self.data_file)
 
     def pairs(self, d: Path) -> Any:
