@@ -1,7 +1,7 @@
 """The result of every stage as plain data: the schema the engine writes and the report reads.
 
-Each result holds its tables (pandas) and its summary (the dict written as summary.json) and has
-`.to_frame()`; `.plot(dir)` is bound in the package's face (`countlens.plot`), so that figures live
+Each result holds its tables (pandas) and its summary (the dict written as summary.json, checked
+against its schema in countlens.summaries; `.typed` gives it as that schema) and has `.to_frame()`; `.plot(dir)` is bound in the package's face (`countlens.plot`), so that figures live
 in report/ and nothing here imports the engine or matplotlib. Files a stage writes are a contract
 that notebooks read: folder names, summary keys and table columns are only ever added to.
 """
@@ -12,18 +12,29 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from countlens.summaries import AtPSummary, AttentionSummary, DLASummary, LensSummary, Summary
+from countlens.summaries import (AtPSummary, AttentionSummary, DataSummary, DLASummary, LensSummary, PatchSummary,
+                                 ProbeSummary, SteerSummary, Summary)
 
 if TYPE_CHECKING:  # pandas and numpy load when a result is used, so `import countlens` stays light
     import numpy as np
     import pandas as pd
 
 
+class Typed:
+    """`.typed`: the summary dict as its schema (countlens.summaries), attributes instead of keys."""
+    SCHEMA: ClassVar[type[Summary]] = Summary
+
+    @property
+    def typed(self):
+        return self.SCHEMA.parse(self.summary)  # type: ignore[attr-defined]
+
+
 @dataclass
-class DataResult:
+class DataResult(Typed):
     """The study's dataset: its summary (balance by count, length, category) and the JSONL file."""
     summary: dict
     file: Path
+    SCHEMA = DataSummary
 
     def to_frame(self) -> pd.DataFrame:
         """One row per example: id, category, word_list, answer, list_length, prompt, ..."""
@@ -35,7 +46,7 @@ class DataResult:
 
 
 @dataclass
-class PairsResult:
+class PairsResult(Typed):
     """The minimal pairs: the build summary and the pairs JSONL file."""
     summary: dict
     file: Path
@@ -62,29 +73,31 @@ class BenchResult(dict):
 
 
 @dataclass
-class PatchResult:
+class PatchResult(Typed):
     """Activation patching: the long table (pair x site x layer x head x position x metric) and its summary."""
     table: pd.DataFrame
     summary: dict
     options: Any = None  # the PatchOptions that produced it (None when read back from files)
     cells: pd.DataFrame | None = None  # per-cell statistics (cells.parquet): CI, sign-flip p, corrected p
+    SCHEMA = PatchSummary
 
     def to_frame(self) -> pd.DataFrame:
         return self.table
 
 
 @dataclass
-class SteerResult:
+class SteerResult(Typed):
     table: pd.DataFrame          # per example x vector x layer x scale: answer, expected, p_target...
     summary: dict
     transitions: dict            # name -> [K+1, K+1] counts (true N x steered answer)
+    SCHEMA = SteerSummary
 
     def to_frame(self) -> pd.DataFrame:
         return self.table
 
 
 @dataclass
-class ProbeResults:
+class ProbeResults(Typed):
     """Tidy table of every number, out-of-fold predictions at `last`, and the summary."""
 
     table: pd.DataFrame
@@ -92,6 +105,7 @@ class ProbeResults:
     summary: dict
     out: Path | None = None
     files: dict[str, str] = field(default_factory=dict)
+    SCHEMA = ProbeSummary
 
     def to_frame(self) -> pd.DataFrame:
         return self.table
@@ -143,13 +157,12 @@ class ProbeResults:
 
 
 @dataclass
-class _Analysis:
+class _Analysis(Typed):
     """An analysis result: a tidy `table` (table.parquet) and its `summary` (summary.json, with the
     options that produced it)."""
     table: pd.DataFrame
     summary: dict
     WHAT = "analysis"
-    SCHEMA: ClassVar[type[Summary]] = Summary   # what summary.json must hold (countlens.summaries)
 
     def to_frame(self) -> pd.DataFrame:
         return self.table
