@@ -138,3 +138,24 @@ def test_fold_gram_ridge_equals_direct_ridge():
     w2, b2 = ridge_from_gram(gram_tr, int((~te).sum()), (mu - g).astype(np.float64), sd.astype(np.float64),
                              xs_tr, y[~te], 12.0)
     np.testing.assert_allclose(xs_te @ w2 + b2, xs_te @ w + b, rtol=1e-4, atol=1e-4)
+
+
+def test_fit_writes_nothing_and_save_writes_what_run_probes_writes(planted, tmp_path):
+    """The stage's compute step reads the store only; saving its result gives run_probes' files, with
+    the same table and the same directions the fit kept in memory."""
+    import pandas as pd
+
+    from countlens.interp.probes import fit_probes, save_probes
+
+    root, ran = planted
+    before = sorted(p for p in root.rglob("*"))
+    res = fit_probes(root / "acts", n_boot=200, progress=False, n_jobs=1)
+    assert sorted(p for p in root.rglob("*")) == before and res.out is None and res.files == {}
+    assert {(d.kind, d.position) for d in res.directions} == {("resid", "last"), ("resid", "items")}
+    save_probes(res, tmp_path / "out", figures=False)
+    names = lambda d: sorted(str(p.relative_to(d)) for p in d.rglob("*"))  # noqa: E731
+    assert names(tmp_path / "out") == names(root / "out")
+    pd.testing.assert_frame_equal(pd.read_parquet(tmp_path / "out" / "probes.parquet"), ran.table)
+    again = Directions.load(tmp_path / "out" / "directions", "resid", "last")
+    planted_dir = next(d for d in res.directions if d.position == "last")
+    np.testing.assert_array_equal(again.mean_diff(2, 1, 2), planted_dir.mean_diff(2, 1, 2))

@@ -22,6 +22,7 @@ import typer
 
 from countlens.errors import InputError
 from countlens.finetune import FinetuneConfig
+from countlens.models.organism.recipe import FINAL_EVAL_N, Recipe
 from countlens.options import LoadOptions
 from countlens.report import text
 from countlens.study.stages import STAGES, Stage
@@ -192,6 +193,7 @@ def models(as_json: bool = JSON) -> None:
 
 
 FT = FinetuneConfig()
+RECIPE = Recipe()
 
 
 @app.command()
@@ -225,19 +227,22 @@ def finetune(out: Path = typer.Option(..., "--out", help="Folder for the adapter
 @organism_app.command("train")
 def organism_train(
         out: Path = typer.Option(..., "--out", help="Folder for the HF model, tokenizer, curve, checkpoint."),
-        seed: int = typer.Option(0, "--seed"),
-        steps: int = typer.Option(11000, "--steps", help="Total steps (stops early once it counts)."),
-        phase_a_steps: int = typer.Option(5000, "--phase-a-steps", help="Steps on the short template first."),
-        template: str = typer.Option("seed-v1", "--template", help="Target (native) template."),
-        d_model: int = typer.Option(128, "--d-model"), n_layers: int = typer.Option(4, "--n-layers"),
-        eval_n: int = typer.Option(2000, "--eval-n", help="Fresh examples for the final greedy accuracy."),
-        iit_steps: int = typer.Option(2400, "--iit-steps", help="Phase C (interchange intervention) steps; 0 skips it."),
+        seed: int = typer.Option(RECIPE.seed, "--seed"),
+        steps: int = typer.Option(RECIPE.steps, "--steps", help="Total steps (stops early once it counts)."),
+        phase_a_steps: int = typer.Option(RECIPE.phase_a_steps, "--phase-a-steps",
+                                          help="Steps on the short template first."),
+        template: str = typer.Option(RECIPE.target_template, "--template", help="Target (native) template."),
+        d_model: int = typer.Option(RECIPE.d_model, "--d-model"),
+        n_layers: int = typer.Option(RECIPE.n_layers, "--n-layers"),
+        eval_n: int = typer.Option(FINAL_EVAL_N, "--eval-n", help="Fresh examples for the final greedy accuracy."),
+        iit_steps: int = typer.Option(RECIPE.iit_steps, "--iit-steps",
+                                      help="Phase C (interchange intervention) steps; 0 skips it."),
         init_from: Optional[Path] = typer.Option(None, "--from", help="An organism folder after phases A+B: run phase "
                                                  "C only."),
         threads: Optional[int] = typer.Option(None, "--threads", help="Torch threads (1 is robust on a busy machine)."),
         as_json: bool = JSON) -> None:
     """Train the organism: phases A, B, then C (interchange training); resumes from OUT/checkpoint.pt."""
-    from countlens.models.organism.train import Recipe, train
+    from countlens.models.organism.train import train
 
     recipe = Recipe(seed=seed, steps=steps, phase_a_steps=min(phase_a_steps, steps), target_template=template,
                     d_model=d_model, n_layers=n_layers, iit_steps=iit_steps)

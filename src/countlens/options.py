@@ -29,6 +29,10 @@ def parse_bytes(text: str | int) -> int:
     return int(float(m.group(1)) * 1024 ** "bkmgt".index(m.group(2) or "b"))
 
 
+MEMORY_BUDGET_TEXT = "1GB"   # the working set a forward may use, unless told (patching, steering, AtP, the study)
+MEMORY_BUDGET = parse_bytes(MEMORY_BUDGET_TEXT)
+
+
 def _items(v: Any) -> Any:
     """'a,b' or ['a', 'b,c'] -> ('a', 'b', 'c'); anything else unchanged (pydantic then checks it)."""
     if isinstance(v, str):
@@ -167,8 +171,8 @@ class PairOptions(Options):
         ("denoise",), description="denoise | noise | both",
         json_schema_extra=cli(flag="--direction", default="denoise"))
     batch_size: int = Field(16, ge=1, description="Pairs per batch (halved on CUDA OOM).")
-    memory_budget: Bytes = Field(1 << 30, description="Working set per forward; rows are chunked.",
-                                 json_schema_extra=cli(default="1GB", type=str))
+    memory_budget: Bytes = Field(MEMORY_BUDGET, description="Working set per forward; rows are chunked.",
+                                 json_schema_extra=cli(default=MEMORY_BUDGET_TEXT, type=str))
     filter: Literal["greedy", "sampled", "none"] = Field("greedy", description="greedy | sampled | none: keep "
                                                          "pairs answered right.")
     k_samples: int = Field(5, description="Samples per prompt for --filter sampled.")
@@ -286,8 +290,8 @@ class SteerOptions(Options):
     directions: Optional[str] = Field(
         None, description="A `countlens probe` output folder: steer along its saved directions instead of fitting "
         "them (then every example is held out: use ones the probes did not see).")
-    memory_budget: Bytes = Field(1 << 30, description="Bytes of KV-cache copies (+ logits) per fast forward.",
-                                 json_schema_extra=cli(default="1GB", type=str))
+    memory_budget: Bytes = Field(MEMORY_BUDGET, description="Bytes of KV-cache copies (+ logits) per fast forward.",
+                                 json_schema_extra=cli(default=MEMORY_BUDGET_TEXT, type=str))
 
 
 class AnalysesOptions(Options):

@@ -105,6 +105,7 @@ class ProbeResults(Typed):
     summary: dict
     out: Path | None = None
     files: dict[str, str] = field(default_factory=dict)
+    directions: list = field(default_factory=list)  # the fitted count directions (interp.directions.Directions)
     SCHEMA = ProbeSummary
 
     def to_frame(self) -> pd.DataFrame:

@@ -7,7 +7,7 @@ import os
 from typing import Any
 
 from countlens.backends.base import ApiBackend, ApiOptions, Completion, GenSettings, register_secret
-from countlens.backends.retry import Failure, http_failure
+from countlens.backends.retry import Failure, sdk_failure
 from countlens.backends.spec import ModelSpec
 from countlens.errors import InputError
 
@@ -49,12 +49,4 @@ class AnthropicBackend(ApiBackend):
     def _classify(self, exc: BaseException) -> Failure | None:
         import anthropic
 
-        if isinstance(exc, anthropic.APIStatusError):
-            return http_failure(exc.status_code, str(getattr(exc, "message", exc)), exc.response.headers)
-        if isinstance(exc, anthropic.APITimeoutError):
-            return http_failure(None, "request timed out", timeout=True)
-        if isinstance(exc, anthropic.APIConnectionError):
-            return http_failure(None, f"connection error: {exc}", timeout=True)
-        if isinstance(exc, anthropic.AnthropicError):
-            return Failure(f"{type(exc).__name__}: {exc}"[:500], retryable=False)
-        return None
+        return sdk_failure(exc, anthropic, anthropic.AnthropicError)

@@ -14,7 +14,7 @@ import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor, as_completed
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 from countlens.backends.retry import Attempted, Failure, RateLimiter, RetryPolicy, call_with_retries
@@ -36,12 +36,10 @@ class GenSettings:
         return asdict(self)
 
 
-@dataclass
-class Completion:
-    """One reply. `text` includes a pre-filled prefix, so parsers see the whole answer."""
+@dataclass(kw_only=True)
+class Usage:
+    """What one request cost and how it ended: a Completion's, and the Record stored from it."""
 
-    text: str | None
-    error: str | None = None
     input_tokens: int = 0
     output_tokens: int = 0
     reasoning_tokens: int = 0
@@ -50,6 +48,17 @@ class Completion:
     prefilled: bool = False
     stop_reason: str | None = None
     served_model: str | None = None   # the model id the provider says answered
+
+    def usage(self) -> dict:
+        return {f.name: getattr(self, f.name) for f in fields(Usage)}
+
+
+@dataclass
+class Completion(Usage):
+    """One reply. `text` includes a pre-filled prefix, so parsers see the whole answer."""
+
+    text: str | None
+    error: str | None = None
 
 
 @dataclass

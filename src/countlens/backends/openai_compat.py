@@ -13,7 +13,7 @@ import threading
 from typing import Any
 
 from countlens.backends.base import ApiBackend, ApiOptions, Completion, GenSettings, register_secret
-from countlens.backends.retry import Failure, http_failure
+from countlens.backends.retry import Failure, sdk_failure
 from countlens.backends.spec import ModelSpec, strip_userinfo
 from countlens.errors import InputError
 
@@ -108,12 +108,4 @@ class OpenAIBackend(ApiBackend):
     def _classify(self, exc: BaseException) -> Failure | None:
         import openai
 
-        if isinstance(exc, openai.APIStatusError):
-            return http_failure(exc.status_code, str(getattr(exc, "message", exc)), exc.response.headers)
-        if isinstance(exc, openai.APITimeoutError):
-            return http_failure(None, "request timed out", timeout=True)
-        if isinstance(exc, openai.APIConnectionError):
-            return http_failure(None, f"connection error: {exc}", timeout=True)
-        if isinstance(exc, openai.OpenAIError):
-            return Failure(f"{type(exc).__name__}: {exc}"[:500], retryable=False)
-        return None
+        return sdk_failure(exc, openai, openai.OpenAIError)

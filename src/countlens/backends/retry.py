@@ -95,6 +95,21 @@ def http_failure(status: int | None, message: str, headers: Mapping[str, str] | 
     return Failure(f"{prefix}{message}"[:500], retryable, retry_after_seconds(headers) if retryable else None)
 
 
+def sdk_failure(exc: BaseException, sdk: Any, base: type[BaseException]) -> Failure | None:
+    """An openai or anthropic SDK exception as a Failure. Both SDKs are generated from the same
+    generator (Stainless) and share their error classes' names; `base` is the SDK's own root error
+    (openai.OpenAIError, anthropic.AnthropicError); anything else is None (a bug, not an API error)."""
+    if isinstance(exc, sdk.APIStatusError):
+        return http_failure(exc.status_code, str(getattr(exc, "message", exc)), exc.response.headers)
+    if isinstance(exc, sdk.APITimeoutError):
+        return http_failure(None, "request timed out", timeout=True)
+    if isinstance(exc, sdk.APIConnectionError):
+        return http_failure(None, f"connection error: {exc}", timeout=True)
+    if isinstance(exc, base):
+        return Failure(f"{type(exc).__name__}: {exc}"[:500], retryable=False)
+    return None
+
+
 @dataclass
 class Attempted:
     value: Any | None

@@ -10,8 +10,8 @@ import numpy as np
 
 from countlens.bench import stats
 from countlens.bench.records import Record
-from countlens.bench.results import (Comparison, Confusion, ModelMetrics, ScoreStats, SliceStat, TemplatePair,
-                                     TemplateRow, TemplatesSection, TemplateTable, Tokens)
+from countlens.bench.results import (Comparison, Confusion, ModelMetrics, PairedStats, ScoreStats, SliceStat,
+                                     TemplatePair, TemplateRow, TemplatesSection, TemplateTable, Tokens)
 
 
 def _r(x: float | None, nd: int = 6) -> float | None:
@@ -81,7 +81,7 @@ def model_metrics(model: str, mode: str, recs: list[Record], seed: int = stats.S
         score=score, intervals=intervals)
 
 
-def _paired(ra: list[Record], rb: list[Record], seed: int) -> stats.Paired:
+def _paired(ra: list[Record], rb: list[Record], seed: int) -> PairedStats:
     """a against b on the example ids both have (in a's order)."""
     ca = {r.example_id: r.correct for r in ra}
     cb = {r.example_id: r.correct for r in rb}
@@ -95,10 +95,7 @@ def comparisons(records: dict[str, list[Record]], seed: int = stats.SEED,
     out = []
     for a, b in combinations(records, 2):
         p = _paired(records[a], records[b], seed)
-        out.append(Comparison(model_a=a, model_b=b, n=p.n, template=template, accuracy_a=_r(p.accuracy_a),
-                              accuracy_b=_r(p.accuracy_b), difference=_r(p.difference), ci_low=_r(p.ci_low),
-                              ci_high=_r(p.ci_high), bootstrap_p=_r(p.bootstrap_p), mcnemar_b=p.mcnemar_b,
-                              mcnemar_c=p.mcnemar_c, mcnemar_p=_r(p.mcnemar_p, 8)))
+        out.append(Comparison(model_a=a, model_b=b, template=template, **p.rounded()))
     return out
 
 
@@ -118,10 +115,7 @@ def template_table(model: str, by_template: dict[str, list[Record]], seed: int =
                                 p_correct=_r(np.mean(pc)) if pc else None))
     paired = [(a, b, _paired(by_template[a], by_template[b], seed)) for a, b in combinations(by_template, 2)]
     adjusted = stats.holm([p.mcnemar_p for _, _, p in paired])
-    pairs = [TemplatePair(template_a=a, template_b=b, n=p.n, accuracy_a=_r(p.accuracy_a), accuracy_b=_r(p.accuracy_b),
-                          difference=_r(p.difference), ci_low=_r(p.ci_low), ci_high=_r(p.ci_high),
-                          bootstrap_p=_r(p.bootstrap_p), mcnemar_b=p.mcnemar_b, mcnemar_c=p.mcnemar_c,
-                          mcnemar_p=_r(p.mcnemar_p, 8), mcnemar_p_holm=_r(q, 8))
+    pairs = [TemplatePair(template_a=a, template_b=b, mcnemar_p_holm=_r(q, 8), **p.rounded())
              for (a, b, p), q in zip(paired, adjusted)]
     accs = [r.accuracy for r in rows if r.n]
     return TemplateTable(model=model, templates=rows, pairs=pairs, spread=_r(max(accs) - min(accs)) if accs else 0.0)

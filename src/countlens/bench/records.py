@@ -14,7 +14,7 @@ import math
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from countlens.backends.base import Completion, GenSettings, Scored
+from countlens.backends.base import Completion, GenSettings, Scored, Usage
 from countlens.bench.data import BenchExample
 from countlens.data.answers import PARSER_VERSION, parse_lenient, parse_strict
 
@@ -22,7 +22,7 @@ STATUS_OK, STATUS_API_ERROR = "ok", "api_error"
 
 
 @dataclass
-class Record:
+class Record(Usage):
     key: str
     model: str
     example_id: str
@@ -40,14 +40,6 @@ class Record:
     correct: bool = False
     correct_strict: bool = False
     error_kind: str | None = None    # None | parse | numerical | api
-    input_tokens: int = 0
-    output_tokens: int = 0
-    reasoning_tokens: int = 0
-    attempts: int = 1
-    latency_s: float = 0.0
-    prefilled: bool = False
-    stop_reason: str | None = None
-    served_model: str | None = None
     probs: list[float] | None = None  # score mode: P(0..K), normalised over the answers
     p_correct: float | None = None
     expected_count: float | None = None
@@ -61,6 +53,17 @@ class Record:
     @classmethod
     def from_json(cls, text: str) -> "Record":
         return cls(**json.loads(text))
+
+
+def _columns() -> list[str]:
+    """records.parquet's column order (a contract): the usage columns after `error_kind`, as before
+    they moved into `Usage`."""
+    own = [f for f in Record.__dataclass_fields__ if f not in Usage.__dataclass_fields__]
+    at = own.index("error_kind") + 1
+    return own[:at] + list(Usage.__dataclass_fields__) + own[at:]
+
+
+COLUMNS = _columns()
 
 
 def key_fields(identity: dict, ex: BenchExample, mode: str, settings: GenSettings, k_max: int | None,
@@ -92,9 +95,7 @@ def _base(model: str, ex: BenchExample, mode: str, fields: dict, status: str) ->
 
 def from_completion(model: str, ex: BenchExample, fields: dict, c: Completion) -> Record:
     """Parse a reply with both parsers; name the error kind (api, parse, numerical) as the original."""
-    common = dict(input_tokens=c.input_tokens, output_tokens=c.output_tokens, reasoning_tokens=c.reasoning_tokens,
-                  attempts=c.attempts, latency_s=c.latency_s, prefilled=c.prefilled, stop_reason=c.stop_reason,
-                  served_model=c.served_model)
+    common = c.usage()
     if c.text is None:
         return Record(**_base(model, ex, "generate", fields, STATUS_API_ERROR), api_error=c.error or "API error",
                       error_kind="api", **common)

@@ -68,13 +68,11 @@ class ModelMetrics(BaseModel):
         return self.model if self.template is None else f"{self.model} · {self.template}"
 
 
-class Comparison(BaseModel):
-    """Paired on the examples both models answered: a minus b."""
+class PairedStats(BaseModel):
+    """Accuracy of a minus b on the same examples: paired bootstrap CI and p, McNemar exact on the
+    discordant pairs (b: right under a only, c: right under b only)."""
 
-    model_a: str
-    model_b: str
     n: int
-    template: str | None = None      # both models on the same template's prompts
     accuracy_a: float
     accuracy_b: float
     difference: float
@@ -84,6 +82,19 @@ class Comparison(BaseModel):
     mcnemar_b: int
     mcnemar_c: int
     mcnemar_p: float
+
+    def rounded(self) -> dict[str, Any]:
+        """The fields as summary.json holds them: 6 decimals, McNemar's p 8."""
+        return {k: round(v, 8 if k == "mcnemar_p" else 6) if isinstance(v, float) else v
+                for k, v in self.model_dump().items()}
+
+
+class Comparison(PairedStats):
+    """Two models paired on the examples both answered: a minus b."""
+
+    model_a: str
+    model_b: str
+    template: str | None = None      # both models on the same template's prompts
 
 
 class TemplateRow(BaseModel):
@@ -99,22 +110,12 @@ class TemplateRow(BaseModel):
     p_correct: float | None = None   # score mode
 
 
-class TemplatePair(BaseModel):
-    """The same model and examples under two templates: a minus b. McNemar exact on the discordant
-    pairs (b: right under a only, c: right under b only); Holm-adjusted over the model's pairs."""
+class TemplatePair(PairedStats):
+    """The same model and examples under two templates: a minus b; McNemar's p Holm-adjusted over
+    the model's pairs."""
 
     template_a: str
     template_b: str
-    n: int
-    accuracy_a: float
-    accuracy_b: float
-    difference: float
-    ci_low: float
-    ci_high: float
-    bootstrap_p: float
-    mcnemar_b: int
-    mcnemar_c: int
-    mcnemar_p: float
     mcnemar_p_holm: float
 
 

@@ -23,7 +23,7 @@ from countlens.bench.data import BenchExample, load_examples, render
 from countlens.bench.metrics import comparisons, model_metrics, templates_section
 from countlens.data.answers import PARSER_VERSION
 from countlens.bench.progress import NoProgress, Progress, TqdmProgress
-from countlens.bench.records import Record, from_completion, from_scored, key_fields, record_key
+from countlens.bench.records import COLUMNS, Record, from_completion, from_scored, key_fields, record_key
 from countlens.bench.results import BenchSummary
 from countlens.bench.stats import CI, INTERVAL
 from countlens.bench.store import RecordStore
@@ -108,7 +108,7 @@ def write_records(path: Path, records: dict[Any, list[Record]]) -> None:
             d = asdict(r)
             d["key_fields"] = json.dumps(d["key_fields"], sort_keys=True)
             rows.append(d)
-    df = pd.DataFrame(rows, columns=list(Record.__dataclass_fields__))
+    df = pd.DataFrame(rows, columns=COLUMNS)
     if df["template"].isna().all():  # no --template: the table's columns as before
         df = df.drop(columns="template")
     with atomic_path(path) as tmp:

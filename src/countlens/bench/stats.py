@@ -6,10 +6,10 @@ Seeded, so the same records always give the same table (a resumed run equals an 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 
 import numpy as np
 
+from countlens.bench.results import PairedStats
 from countlens.stats import interval_label, wilson_ci
 
 N_BOOT = 2000
@@ -39,19 +39,6 @@ def bootstrap_ci(values: np.ndarray, n_boot: int = N_BOOT, seed: int = SEED, lev
     return (float(lo), float(hi))
 
 
-@dataclass(frozen=True)
-class Paired:
-    n: int
-    accuracy_a: float
-    accuracy_b: float
-    difference: float
-    ci_low: float
-    ci_high: float
-    bootstrap_p: float
-    mcnemar_b: int          # a right, b wrong
-    mcnemar_c: int          # a wrong, b right
-    mcnemar_p: float
-
 
 def mcnemar_exact(b: int, c: int) -> float:
     """Two-sided exact McNemar p-value (binomial test on the discordant pairs)."""
@@ -67,7 +54,7 @@ def holm(pvalues: list[float]) -> list[float]:
     return [float(x) for x in _holm(np.asarray(pvalues, dtype=float))] if pvalues else []
 
 
-def paired_compare(a: np.ndarray, b: np.ndarray, n_boot: int = N_BOOT, seed: int = SEED) -> Paired:
+def paired_compare(a: np.ndarray, b: np.ndarray, n_boot: int = N_BOOT, seed: int = SEED) -> PairedStats:
     """Accuracy of a minus b on the same examples: paired bootstrap CI and p, and McNemar."""
     a, b = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
     n = a.size
@@ -77,7 +64,7 @@ def paired_compare(a: np.ndarray, b: np.ndarray, n_boot: int = N_BOOT, seed: int
     lo, hi = np.quantile(diffs, [0.025, 0.975]) if n else (np.nan, np.nan)
     p = min(1.0, 2 * min((diffs <= 0).mean(), (diffs >= 0).mean())) if n and d.any() else 1.0
     bb, cc = int(((a == 1) & (b == 0)).sum()), int(((a == 0) & (b == 1)).sum())
-    return Paired(n=n, accuracy_a=float(a.mean()) if n else float("nan"),
+    return PairedStats(n=n, accuracy_a=float(a.mean()) if n else float("nan"),
                   accuracy_b=float(b.mean()) if n else float("nan"), difference=float(d.mean()) if n else float("nan"),
                   ci_low=float(lo), ci_high=float(hi), bootstrap_p=float(p), mcnemar_b=bb, mcnemar_c=cc,
                   mcnemar_p=mcnemar_exact(bb, cc))

@@ -40,7 +40,7 @@ from countlens.results import PatchResult
 from countlens.summaries import PatchSummary
 from countlens.models.generation import generate_batch, prefix_kv
 from countlens.models.handle import ModelHandle, forward_reduced, keep_logits, pad_left
-from countlens.options import PatchOptions
+from countlens.options import MEMORY_BUDGET, PatchOptions
 from countlens.stats import bootstrap_ci, wilson_ci
 
 SITE_KINDS = ("resid", "attn", "mlp", "head")
@@ -242,7 +242,7 @@ def _site_width(site: Site, dims: dict[str, int]) -> int:
 
 
 @torch.no_grad()
-def _batch_fast(handle, base, src, mask, pos, positions, starts, configs, answers, budget: int = 1 << 30,
+def _batch_fast(handle, base, src, mask, pos, positions, starts, configs, answers, budget: int = MEMORY_BUDGET,
                 wanted: list[dict[int, str]] | None = None):
     """Fast sweep of one batch. Returns clean_base [B,4], clean_src [B,4], patched [B,P,R,4].
 
@@ -368,7 +368,7 @@ def _patch_last_shared(handle, kv, base, pos, mask, configs, pacts, answers, bud
 
 
 @torch.no_grad()
-def _batch_reference(handle, base, src, mask, pos, positions, starts, configs, answers, budget: int = 1 << 30,
+def _batch_reference(handle, base, src, mask, pos, positions, starts, configs, answers, budget: int = MEMORY_BUDGET,
                      wanted: list[dict[int, str]] | None = None):
     """Reference sweep: a full forward per (config, position) with a hook (B rows each; budget unused)."""
     B, W = base.shape
@@ -826,17 +826,14 @@ def load_pairs(path: str | Path, n: int | None = None) -> list[dict]:
 
 def save_result(result: PatchResult, out: str | Path) -> dict:
     """Write table.parquet, summary.json and figures into `out` (each file complete or absent)."""
-    from countlens.io import atomic_path, write_json
+    from countlens.io import write_json, write_parquet
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    with atomic_path(out / "table.parquet") as tmp:
-        result.table.to_parquet(tmp, index=False)
+    write_parquet(out / "table.parquet", result.table)
     if result.cells is not None:
-        with atomic_path(out / "cells.parquet") as tmp:
-            result.cells.to_parquet(tmp, index=False)
-    summary = result.summary | {"options": result.options.model_dump(mode="json")}
-    figures = [str(p) for p in result.plot(out)]
-    summary["figures"] = figures
+        write_parquet(out / "cells.parquet", result.cells)
+    summary = result.summary | {"options": result.options.model_dump(mode="json"),
+                                "figures": [str(p) for p in result.plot(out)]}
     write_json(out / "summary.json", PatchSummary.check(summary, str(out / "summary.json")))
     return summary

@@ -319,17 +319,15 @@ def run_probes(acts: str | Path | None = None, *, model: Any = None, data: str |
                alpha: float | None = None, n_boot: int = 1000, seed: int = 0, control_rate: float | None = None,
                n_jobs: int | None = None, backend: str = "loky", save_directions: bool = True,
                figures: bool = True, progress: bool = True, **collect: Any) -> ProbeResults:
-    """Probe a store (`acts`), or collect one first from `model` + `data` into OUT/acts.
+    """Probe a store (`acts`), or collect one first from `model` + `data` into OUT/acts: the CLI's
+    and the README's one call, `fit_probes` then (with `out`) `save_probes`.
 
     sites: kinds ("resid") or site names ("resid.3"); default every site in the store.
     positions: default every position kind in the store. controls: any of majority, control,
     shuffled, input. n: the first n examples. With `out`: writes probes.parquet,
     predictions.parquet, summary.json, directions/ and (if `figures`) the probe_*.png figures.
     """
-    t0 = time.time()
-    bad = [c for c in controls if c not in CONTROLS]
-    if bad:
-        raise InputError(f"unknown control(s) {bad} (choose from {', '.join(CONTROLS)})", field="controls")
+    check_controls(controls)
     if acts is None:
         if model is None or data is None or out is None:
             raise InputError("give --acts DIR, or --model, --data and --out to collect activations first")
@@ -338,6 +336,30 @@ def run_probes(acts: str | Path | None = None, *, model: Any = None, data: str |
         collect_activations(model, data, Path(out) / "acts", n=n, progress=progress, sites=sites or "resid",
                             positions=positions or ("last", "items"), **collect)
         acts = Path(out) / "acts"
+    res = fit_probes(acts, split=split, folds=folds, test_size=test_size, sites=sites, positions=positions,
+                     controls=controls, n=n, C=C, alpha=alpha, n_boot=n_boot, seed=seed, control_rate=control_rate,
+                     n_jobs=n_jobs, backend=backend, directions=save_directions, progress=progress)
+    if out is not None:
+        save_probes(res, out, figures)
+    return res
+
+
+def check_controls(controls: Sequence[str]) -> None:
+    bad = [c for c in controls if c not in CONTROLS]
+    if bad:
+        raise InputError(f"unknown control(s) {bad} (choose from {', '.join(CONTROLS)})", field="controls")
+
+
+def fit_probes(acts: str | Path, *, split: str = "random", folds: int = 5, test_size: float = 0.2,
+               sites: str | Sequence[str] | None = None, positions: str | Sequence[str] | None = None,
+               controls: Sequence[str] = CONTROLS, n: int | None = None, C: float = 1.0,
+               alpha: float | None = None, n_boot: int = 1000, seed: int = 0, control_rate: float | None = None,
+               n_jobs: int | None = None, backend: str = "loky", directions: bool = True,
+               progress: bool = True) -> ProbeResults:
+    """Every probe of a store, its controls and baselines: reads the store, writes nothing. With
+    `directions`, the count directions fitted on all examples are in `result.directions`."""
+    t0 = time.time()
+    check_controls(controls)
     store = ActStore.open(acts)
     examples = store.examples.sort_values("example")
     if n is not None:
@@ -351,13 +373,13 @@ def run_probes(acts: str | Path | None = None, *, model: Any = None, data: str |
     n_jobs = max(1, min(n_jobs or cpu_count(), len(site_names) + 1))
     blas = 1  # parallel over sites instead: two BLAS pools on two cores run 5-15x slower
     results, base_rows = _run_tasks(str(store.root), site_names, cells, examples, cfg, probes, tuple(controls),
-                                    save_directions, n_jobs, blas, progress, backend)
+                                    directions, n_jobs, blas, progress, backend)
     rows = [r for res in results for r in res["rows"]] + base_rows
     table = pd.DataFrame(rows, columns=TABLE_COLUMNS)
     table["item"] = table["item"].astype(int)
     main = next(k for k in ("resid", "attn", "mlp", "head") if any(Site.parse(s).kind == k for s in site_names))
     res = ProbeResults(table=table, predictions=_predictions(results, main), summary={},
-                       out=Path(out) if out else None)
+                       directions=_directions(results) if directions else [])
     meta = {"acts": str(store.root), "model": store.meta.get("model"), "n_examples": int(len(examples)),
             "split": split, "folds": folds, "test_size": test_size if folds < 2 else None, "seed": seed,
             "n_boot": n_boot, "interval": f"{interval_label()} (accuracies); bootstrap 95% over examples "
@@ -367,8 +389,6 @@ def run_probes(acts: str | Path | None = None, *, model: Any = None, data: str |
             "control_rate": control_rate if control_rate is not None else "match rate of the data"}
     res.summary = summarise(res, meta)
     res.summary["seconds"] = round(time.time() - t0, 2)
-    if out is not None:
-        _write(res, Path(out), results if save_directions else [], figures)
     return res
 
 
@@ -428,12 +448,8 @@ def _run_tasks(root: str, site_names: list[str], cells: list[Cell], examples: pd
     return out[:-1], out[-1]
 
 
-def _write(res: ProbeResults, out: Path, results: list[dict], figures: bool = True) -> None:
-    out.mkdir(parents=True, exist_ok=True)
-    write_parquet(out / "probes.parquet", res.table)
-    write_parquet(out / "predictions.parquet", res.predictions)
-    res.files = {"table": str(out / "probes.parquet"), "predictions": str(out / "predictions.parquet"),
-                 "summary": str(out / "summary.json")}
+def _directions(results: list[dict]) -> list[Directions]:
+    """One Directions per site kind x position (last, items) whose layers share their classes."""
     saved = []
     for kind in sorted({Site.parse(r["site"]).kind for r in results}):
         mine = sorted([r for r in results if Site.parse(r["site"]).kind == kind],
@@ -448,18 +464,32 @@ def _write(res: ProbeResults, out: Path, results: list[dict], figures: bool = Tr
             arrays = {k: (parts[0]["dirs"][position][k] if k in ("classes", "counts")
                           else np.stack([r["dirs"][position][k] for r in parts]))
                       for k in parts[0]["dirs"][position]}
-            d = Directions(kind=kind, position=position, arrays=arrays,
-                           layers=[Site.parse(r["site"]).layer for r in parts])
-            d.save(out / "directions")
-            saved.append(d)
-    if saved:
-        write_layout(out / "directions", saved)
+            saved.append(Directions(kind=kind, position=position, arrays=arrays,
+                                    layers=[Site.parse(r["site"]).layer for r in parts]))
+    return saved
+
+
+def save_probes(res: ProbeResults, out: str | Path, figures: bool = True) -> ProbeResults:
+    """probes.parquet, predictions.parquet, directions/ (for steering), the figures and summary.json
+    into `out` (each file complete or absent); `res.files` and `res.out` say where."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    write_parquet(out / "probes.parquet", res.table)
+    write_parquet(out / "predictions.parquet", res.predictions)
+    res.out = out
+    res.files = {"table": str(out / "probes.parquet"), "predictions": str(out / "predictions.parquet"),
+                 "summary": str(out / "summary.json")}
+    for d in res.directions:
+        d.save(out / "directions")
+    if res.directions:
+        write_layout(out / "directions", res.directions)
         res.files["directions"] = str(out / "directions")
     res.summary["files"] = res.files
     if figures:
         res.summary["figures"] = res.plot(out)
     write_json(out / "summary.json", ProbeSummary.check(res.summary, str(out / "summary.json")))
+    return res
 
 
 __all__ = ["CONTROLS", "SPLITS", "ProbeResults", "assign_folds", "bag_of_words", "build_cells", "control_marks",
-           "mean_slope", "run_probes", "summarise"]
+           "fit_probes", "mean_slope", "run_probes", "save_probes", "summarise"]

@@ -47,7 +47,7 @@ from countlens.interp.directions import Directions
 from countlens.interp.probe_fit import FitConfig, full_fit_directions
 from countlens.models.generation import generate_batch, prefix_kv
 from countlens.models.handle import ModelHandle, forward_reduced, keep_logits, pad_left
-from countlens.options import DEFAULT_SCALES, VECTORS, SteerOptions
+from countlens.options import DEFAULT_SCALES, MEMORY_BUDGET, VECTORS, SteerOptions
 from countlens.stats import interval_label, wilson_ci
 
 
@@ -182,7 +182,7 @@ def _forward_plan(todo: list[int], B: int, max_rows: int) -> tuple[int, list[lis
 
 @torch.no_grad()
 def count_logprobs_last(handle: ModelHandle, enc: Encoded, idx: list[int], count_tokens: list[int],
-                        configs: list[tuple[Site, Any, float]], memory_budget: int = 1 << 30
+                        configs: list[tuple[Site, Any, float]], memory_budget: int = MEMORY_BUDGET
                         ) -> tuple[torch.Tensor, torch.Tensor]:
     """Last-position steering of many settings from one prompt forward: (base [B, C], steered [R, B, C]).
 
@@ -576,12 +576,11 @@ def _generate_checks(handle, test, eval_idx, vecs, summary, opts, prefix) -> lis
 
 def save_steering(result: SteerResult, out: str | Path) -> dict:
     """Write table.parquet, transitions.json, figures and summary.json into `out`."""
-    from countlens.io import atomic_path, write_json
+    from countlens.io import write_json, write_parquet
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    with atomic_path(out / "table.parquet") as tmp:
-        result.table.to_parquet(tmp, index=False)
+    write_parquet(out / "table.parquet", result.table)
     write_json(out / "transitions.json", result.transitions)
     summary = result.summary | {"figures": [str(p) for p in result.plot(out)]}
     write_json(out / "summary.json", SteerSummary.check(summary, str(out / "summary.json")))

@@ -14,6 +14,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from countlens.options import MEMORY_BUDGET
+
 ANALYSES = ("lens", "dla", "attention", "atp")
 
 
@@ -67,7 +69,7 @@ def run_analyses(handle: Any, out: str | Path, *, data: str | Path, n: int | Non
                  which: Sequence[str] = ANALYSES, batch_size: int = 16, template: str | None = None,
                  pairs: str | Path | None = None, patch: str | Path | None = None,
                  probes: str | Path | None = None, patch_config: Any = None,
-                 log: Callable[[str], None] | None = None, memory_budget: int = 1 << 30) -> AnalysesResult:
+                 log: Callable[[str], None] | None = None, memory_budget: int = MEMORY_BUDGET) -> AnalysesResult:
     """Run the chosen analyses on `data` (and `pairs` for AtP) and write OUT/<analysis>/ with figures."""
     from countlens.errors import InputError
     from countlens.interp.acts import read_rows

@@ -17,7 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError,
 
 from countlens.errors import InputError
 from countlens.options import (AnalysesOptions, BenchOptions, DataOptions, LoadOptions, PairsOptions, PatchOptions,
-                               ProbeOptions, SteerOptions, parse_bytes)
+                               MEMORY_BUDGET_TEXT, ProbeOptions, SteerOptions, parse_bytes)
 
 
 class _Strict(BaseModel):
@@ -65,7 +65,7 @@ class StudyConfig(section(LoadOptions, "Load")):  # prompt_format, device, dtype
     template: Optional[str] = None          # default: the model's native template (or seed-v1)
     preset: Literal["quick", "seed", "full"] = "quick"
     # Working-set budget of the patching and steering forwards (rows are chunked to fit), e.g. 1GB, 512MB.
-    memory_budget: str = "1GB"
+    memory_budget: str = MEMORY_BUDGET_TEXT
     data: DataConfig = DataConfig()
     pairs: PairsConfig = PairsConfig()
     bench: BenchConfig = BenchConfig()

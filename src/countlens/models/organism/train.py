@@ -20,7 +20,7 @@ import math
 import os
 import random
 import time
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import torch
@@ -29,41 +29,13 @@ from countlens.data.generate import generate_examples, make_example
 from countlens.data.lexicon import load_lexicon
 from countlens.data.templates import load_template
 from countlens.io import atomic_path, write_json
+from countlens.models.organism.recipe import FINAL_EVAL_N, Recipe
 from countlens.models.organism.tokenizer import build_tokenizer
 from countlens.models.prompts import encode, format_prompt
 
 EVAL_SEED = 918_273  # held-out examples; never used to draw training data
 AUX_PROMPT = "Type: {category}\nWord: {word}\nAnswer: "
 NAMING_PROMPT = "Word: {word}\nType: "
-
-
-@dataclass
-class Recipe:
-    seed: int = 0
-    d_model: int = 128
-    n_layers: int = 4
-    n_heads: int = 8
-    d_mlp: int = 512
-    lr: float = 1e-3
-    weight_decay: float = 0.01
-    batch: int = 64
-    warmup: int = 200
-    aux_frac: float = 0.3
-    naming_frac: float = 0.5       # share of auxiliary batches that name a word's category instead
-    curriculum_steps: int = 3600   # phase A: max list length grows from 2 to 10
-    phase_a_steps: int = 5000      # phase A on the short template
-    steps: int = 11000             # total (phase B = steps - phase_a_steps)
-    target_template: str = "seed-v1"
-    target_frac: float = 0.8       # phase B: share of counting batches on the target template
-    max_count: int = 5
-    max_len: int = 10
-    eval_every: int = 250
-    eval_n: int = 256
-    stop_acc: float = 0.996        # stop early after 3 checks in a row at or above this
-    min_steps_b: int = 1000        # phase B runs at least this long before stopping early
-    iit_steps: int = 2400          # phase C: interchange intervention training after A+B stop
-    iit_lr: float = 3e-4           # phase C peak rate (cosine to 10 %)
-    iit_weight: float = 1.0        # interchange loss weight next to the ordinary batch loss
 
 
 def sample_batch(rng: random.Random, recipe: Recipe, step: int, tokenizer, lex) -> tuple[list[list[int]], list[int]]:
@@ -193,7 +165,7 @@ def build_model(recipe: Recipe, tokenizer):
 
 
 def train(out: str | Path, recipe: Recipe | None = None, *, progress: bool = True,
-          final_eval_n: int = 2000, threads: int | None = None, init_from: str | Path | None = None) -> dict:
+          final_eval_n: int = FINAL_EVAL_N, threads: int | None = None, init_from: str | Path | None = None) -> dict:
     """Train (resuming from `out/checkpoint.pt` when present) and save an HF folder in `out`.
 
     `init_from`: an organism folder trained by phases A+B of this recipe; only phase C runs.
