@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from countlens.summaries import (AtPSummary, AttentionSummary, DataSummary, DLASummary, LensSummary, PatchSummary,
-                                 ProbeSummary, SteerSummary, Summary)
+                                 ProbeSummary, SteerSummary, Summary, parse)
 
 if TYPE_CHECKING:  # pandas and numpy load when a result is used, so `import countlens` stays light
     import numpy as np
@@ -26,7 +26,7 @@ class Typed:
 
     @property
     def typed(self):
-        return self.SCHEMA.parse(self.summary)  # type: ignore[attr-defined]
+        return parse(self.SCHEMA, self.summary)  # type: ignore[attr-defined]
 
 
 @dataclass
