@@ -114,6 +114,11 @@ class ModelSummary(Summary):
     finetune: Optional[dict[str, Any]] = None
     example: Optional[Example] = None
 
+    @field_validator("name", "path", mode="before")
+    @classmethod
+    def _text(cls, v: Any) -> Any:
+        return None if v is None else str(v)   # a Path is written as its text
+
 
 # ------------------------------------------------------------------------------------------ patch
 
