@@ -39,11 +39,13 @@ HELD_OUT_SEED = 7_919_000_000  # + the run's seed; batch seeds are seed * 10**6 
 
 @dataclass
 class FinetuneConfig:
-    """The recipe. Defaults are the shipped adapter's (docs/FINETUNE.md says how they were found)."""
+    """The recipe (docs/FINETUNE.md says how it was found). The shipped adapter is these defaults with
+    `steps=500`; the default 300 steps count as the targets ask (96.6 % on 1,000 fresh examples) in
+    48 min on 2 cores, inside the 90-minute budget on a slow day too."""
 
     base: str = "smollm2-135m"
     seed: int = 0
-    steps: int = 500
+    steps: int = 300
     batch_size: int = 16
     lr: float = 1e-3
     warmup: int = 20
