@@ -2,6 +2,7 @@
 own `hf` model, run from another working directory."""
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -84,23 +85,29 @@ def _records(folder) -> dict:
     return {r["example_id"]: r for r in pd.read_parquet(folder / "records.parquet").to_dict("records")}
 
 
-def test_inspect_task_equals_countlens_bench_generate(task, tmp_path, monkeypatch):
-    """The Inspect task file, run through Inspect's own `hf/` provider (greedy: -M do_sample=False)."""
-    import importlib.util
+def test_inspect_task_equals_countlens_bench_generate(task, tmp_path):
+    """The Inspect task file, run by the command line the export prints (`inspect eval ... -M
+    do_sample=False` through Inspect's own `hf/` provider). In its own process: after Inspect's hf
+    provider has run, torch's two-thread forwards in this process took 3-4x as long (measured), which
+    slowed every later test."""
+    import os
+    import subprocess
+    import sys
 
-    from inspect_ai import eval as inspect_eval
+    from inspect_ai.log import list_eval_logs, read_eval_log
 
     root, data, _ = task
     s = export_task(data, root / "inspect", "inspect", model="organism")
-    assert "-M do_sample=False" in s["commands"]["countlens_count"]
-    spec = importlib.util.spec_from_file_location("countlens_inspect", s["files"][1])
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    command = s["commands"]["countlens_count"]
+    assert "-M do_sample=False" in command and f"hf/{organism_path()}" in command
     bench = run_bench(["organism"], data, tmp_path / "b", mode="generate", figures=False, progress=False)
     ours = _records(tmp_path / "b")
-    monkeypatch.chdir(tmp_path)
-    log = inspect_eval(module.countlens_count(), model=f"hf/{organism_path()}", model_args={"do_sample": False},
-                       display="none", log_dir=str(tmp_path / "logs"))[0]
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
+    proc = subprocess.run(f"{command} --display none --log-dir {tmp_path / 'logs'}", shell=True, env=env,
+                          capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    (info,) = list_eval_logs(str(tmp_path / "logs"))
+    log = read_eval_log(info)
     assert log.status == "success" and len(log.samples) == N
     for smp in log.samples:
         assert smp.output.completion.strip() == ours[smp.id]["completion"].strip(), smp.id
