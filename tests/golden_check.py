@@ -5,12 +5,13 @@ reduced configs the tests run (tests/test_study.py SMALL on the organism, the re
 Every key stored must still be there with the same value (numbers to float noise); new keys may be
 added. Paths, timings and figure file names are not compared.
 
-A probe's accuracy counts argmax decisions, and float noise in the libraries under it (the BLAS of a
-numpy/scipy/scikit-learn release; measured: 1.8.0 vs 1.9.x, and the versions the files were stored
-with) moves the one or two held-out examples that sit on a decision boundary to the other class. So
-the probes' decision metrics (accuracies and their intervals) may differ by up to FLIPS examples of
-the cell they were computed on, and selectivity (accuracy minus control accuracy) by twice that; every other number (R^2, patching, steering, bench) keeps
-the float tolerance. A refactor that breaks a probe moves far more than two examples. Re-record on purpose only:
+A probe's accuracy counts argmax decisions, and float noise in the libraries under it (the BLAS
+of a numpy/scipy/scikit-learn release; measured: 1.8.0 vs 1.9.x vs the install the files were
+stored with) moves the one or two held-out examples on a decision boundary to another class. So
+the probes' accuracies and their intervals may differ by up to FLIPS examples of the cell they were
+computed on, and selectivity (accuracy minus control accuracy) by twice that; every other number
+(R^2, patching, steering, bench) keeps the float tolerance. A refactor that breaks a probe moves far
+more than two examples. Re-record on purpose only:
 `python tests/golden_check.py RUN_DIR NAME` (and say in the commit which numbers changed and why).
 """
 

@@ -91,6 +91,7 @@ def test_inspect_task_equals_countlens_bench_generate(task, tmp_path):
     provider has run, torch's two-thread forwards in this process took 3-4x as long (measured), which
     slowed every later test."""
     import os
+    import shlex
     import subprocess
     import sys
 
@@ -103,8 +104,9 @@ def test_inspect_task_equals_countlens_bench_generate(task, tmp_path):
     bench = run_bench(["organism"], data, tmp_path / "b", mode="generate", figures=False, progress=False)
     ours = _records(tmp_path / "b")
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
-    proc = subprocess.run(f"{command} --display none --log-dir {tmp_path / 'logs'}", shell=True, env=env,
-                          capture_output=True, text=True)
+    logs = shlex.quote(str(tmp_path / "logs"))
+    proc = subprocess.run(f"{command} --display none --log-dir {logs}", shell=True, env=env, capture_output=True,
+                          text=True)
     assert proc.returncode == 0, proc.stderr[-2000:]
     (info,) = list_eval_logs(str(tmp_path / "logs"))
     log = read_eval_log(info)
