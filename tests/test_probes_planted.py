@@ -159,3 +159,18 @@ def test_fit_writes_nothing_and_save_writes_what_run_probes_writes(planted, tmp_
     again = Directions.load(tmp_path / "out" / "directions", "resid", "last")
     planted_dir = next(d for d in res.directions if d.position == "last")
     np.testing.assert_array_equal(again.mean_diff(2, 1, 2), planted_dir.mean_diff(2, 1, 2))
+
+
+def test_a_relative_store_path_after_chdir_reaches_workers_started_elsewhere(planted, tmp_path, monkeypatch):
+    """loky keeps its worker processes between calls, each in the folder it started in: a store given
+    relative to the caller's folder must still be found (the README's snippet after a chdir)."""
+    import shutil
+
+    from countlens.interp.probes import fit_probes
+
+    root, res = planted
+    fit_probes(root / "acts", n_boot=50, progress=False, n_jobs=2, directions=False)   # workers start here
+    shutil.copytree(root / "acts", tmp_path / "acts")
+    monkeypatch.chdir(tmp_path)
+    again = fit_probes("acts", n_boot=50, progress=False, n_jobs=2, directions=False)
+    assert again.summary["best_layer"]["layer"] == 2 and again.summary["n_examples"] == res.summary["n_examples"]

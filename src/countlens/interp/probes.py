@@ -372,7 +372,8 @@ def fit_probes(acts: str | Path, *, split: str = "random", folds: int = 5, test_
     probes = tuple(c for c in controls if c in ("control", "shuffled"))
     n_jobs = max(1, min(n_jobs or cpu_count(), len(site_names) + 1))
     blas = 1  # parallel over sites instead: two BLAS pools on two cores run 5-15x slower
-    results, base_rows = _run_tasks(str(store.root), site_names, cells, examples, cfg, probes, tuple(controls),
+    # absolute: loky reuses its worker processes, whose working folder is the one they started in
+    results, base_rows = _run_tasks(str(store.root.resolve()), site_names, cells, examples, cfg, probes, tuple(controls),
                                     directions, n_jobs, blas, progress, backend)
     rows = [r for res in results for r in res["rows"]] + base_rows
     table = pd.DataFrame(rows, columns=TABLE_COLUMNS)
